@@ -1,0 +1,1 @@
+"""Recipes: `configs/<model>/<recipe>.yaml` in LightningCLI format, read with importlib.resources."""

@@ -1,0 +1,1 @@
+"""Built-in datamodules, each registered in setup.cfg under `zoo.datamodules`."""

@@ -1,0 +1,1 @@
+"""An example zoo plugin: `gaussian_pixels` (model) and `stripes` (datamodule)."""

@@ -1,0 +1,1 @@
+"""Built-in model families, each registered in setup.cfg under `zoo.models`."""

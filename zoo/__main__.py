@@ -1,0 +1,3 @@
+from zoo.list import main
+
+main()

@@ -1,0 +1,84 @@
+"""Loading a family from its checkpoint alone, with clear errors for files that are not one."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo import registry
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not written by zoo."""
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's dictionary, read with `weights_only=True` where the file allows it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist (runs keep theirs in runs/<model>/<run>/checkpoints/)")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a PyTorch checkpoint (not a zip archive): the file is truncated, "
+            "corrupt or of another format. Use another checkpoint of the run (e.g. checkpoints/last.ckpt) or train again."
+        )
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise CheckpointError(f"checkpoint '{path}' is corrupt: {_first_line(err)}") from err
+        # A family whose hyperparameters hold Python objects beyond tensors and plain values.
+        warnings.warn(f"{path}: loading with weights_only=False (the file holds Python objects); load only files you trust", stacklevel=2)
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err2:
+            raise CheckpointError(f"checkpoint '{path}' cannot be read: {_first_line(err2)}") from err2
+    except Exception as err:  # a damaged archive, a wrong format
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be read ({type(err).__name__}: {_first_line(err)}): the file is truncated or "
+            "corrupt. Use another checkpoint of the run (e.g. checkpoints/last.ckpt) or train again."
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"'{path}' is a PyTorch file but not a Lightning checkpoint (it has no 'state_dict')")
+    return checkpoint
+
+
+def model_class_of(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> type:
+    """The family class that wrote `checkpoint`: by registry name, else by class path."""
+    meta = checkpoint.get("zoo")
+    if not meta:
+        raise CheckpointError(
+            f"'{path}' is a Lightning checkpoint but not a zoo one (no 'zoo' entry): train it with "
+            "`python -m zoo.fit`, or load it with its own class's load_from_checkpoint"
+        )
+    name = meta.get("model")
+    if name:
+        try:
+            return registry.get_model_class(name)
+        except registry.UnknownNameError as err:
+            raise CheckpointError(f"'{path}' was written by the family '{name}', which is not installed here: {err}") from err
+    module_name, _, attr = meta["class_path"].partition(":")
+    module = __import__(module_name, fromlist=["_"])
+    return getattr(module, attr)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Rebuild a family from its checkpoint alone, in eval mode."""
+    checkpoint = read_checkpoint(path, map_location)
+    cls = model_class_of(checkpoint, path)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    model = cls(**hparams)
+    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"'{path}' does not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(map_location).eval()

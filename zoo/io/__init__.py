@@ -1,0 +1,1 @@
+"""Writers for generated samples: PNG grids and files (images), text."""

@@ -1,0 +1,43 @@
+"""Image writers: PNG files and grids from float tensors in [0, 1]."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    if images.ndim != 4 or images.shape[1] not in (1, 3, 4):
+        raise ValueError(f"expected images of shape (N, C, H, W) with C in 1, 3, 4; got {tuple(images.shape)}")
+    return images.detach().float().cpu().clamp(0, 1)
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """One (C, H, W) grid; `nrow` images per row (default: as square as possible)."""
+    images = _check_images(images)
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+    return make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Write `images` (N, C, H, W) in [0, 1] as one PNG grid."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(image_grid(images, nrow), path)
+    return path
+
+
+def save_images(images: torch.Tensor, directory: str | Path, start: int = 0) -> list[Path]:
+    """Write each image as `directory/000123.png`, numbered from `start`."""
+    images = _check_images(images)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images, start=start):
+        path = directory / f"{i:06d}.png"
+        save_image(image, path)
+        paths.append(path)
+    return paths
