@@ -85,10 +85,10 @@ def _init_params(cls: type) -> set[str]:
 
 
 def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` on a typo stays fast
-    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
-    from zoo.callbacks import SampleGrid
+    from zoo.callbacks import CheckpointOnException, SampleGrid
 
     class ZooCLI(LightningCLI):
         """LightningCLI with zoo's run folder, checkpointing and sample-grid defaults."""
@@ -132,7 +132,7 @@ def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` o
             # Keep the weights of a run that fails (a NaN loss, Ctrl-C): <run>/checkpoints/on_exception.ckpt
             config = self.config_init[self.subcommand] if self.subcommand else self.config_init
             dirpath = config.checkpoint.dirpath
-            extra = [OnExceptionCheckpoint(dirpath=dirpath, filename="on_exception")]
+            extra = [CheckpointOnException(dirpath)]
             kwargs["callbacks"] = extra + list(kwargs.get("callbacks") or [])
             return super().instantiate_trainer(**kwargs)
 

@@ -1,5 +1,6 @@
 """Cross-cutting training concerns as Lightning callbacks."""
 
+from zoo.callbacks.exception import CheckpointOnException
 from zoo.callbacks.samples import SampleGrid
 
-__all__ = ["SampleGrid"]
+__all__ = ["CheckpointOnException", "SampleGrid"]
