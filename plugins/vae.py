@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.module import GenerativeModule
@@ -51,7 +50,9 @@ def _widths(base_channels: int, levels: int) -> list[int]:
 class Encoder(nn.Module):
     """ResBlocks at widths[level] on resolution size / 2**level, a strided conv between levels."""
 
-    def __init__(self, in_channels: int, base_channels: int, levels: int, latent_channels: int, blocks: int) -> None:
+    def __init__(
+        self, in_channels: int, base_channels: int, levels: int, latent_channels: int, blocks: int
+    ) -> None:
         super().__init__()
         widths = _widths(base_channels, levels)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1)]
@@ -69,12 +70,20 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """The encoder mirrored: nearest-neighbour upsampling and a conv between levels."""
 
-    def __init__(self, out_channels: int, base_channels: int, levels: int, latent_channels: int, blocks: int) -> None:
+    def __init__(
+        self, out_channels: int, base_channels: int, levels: int, latent_channels: int, blocks: int
+    ) -> None:
         super().__init__()
         widths = _widths(base_channels, levels)
-        layers: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1), ResBlock(widths[-1], widths[-1])]
+        layers: list[nn.Module] = [
+            nn.Conv2d(latent_channels, widths[-1], 3, padding=1),
+            ResBlock(widths[-1], widths[-1]),
+        ]
         for level in reversed(range(levels)):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[level + 1], widths[level], 3, padding=1)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(widths[level + 1], widths[level], 3, padding=1),
+            ]
             layers += [ResBlock(widths[level], widths[level]) for _ in range(blocks)]
         layers += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
@@ -112,7 +121,9 @@ class VAE(GenerativeModule):
         if downsample_factor not in (1, 2, 4, 8, 16):
             raise ValueError(f"downsample_factor must be a power of two up to 16, got {downsample_factor}")
         if image_size % downsample_factor:
-            raise ValueError(f"image_size {image_size} is not divisible by downsample_factor {downsample_factor}")
+            raise ValueError(
+                f"image_size {image_size} is not divisible by downsample_factor {downsample_factor}"
+            )
         if reconstruction_loss not in ("l1", "l2"):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
         self.save_hyperparameters()
@@ -133,11 +144,15 @@ class VAE(GenerativeModule):
         """Images in [-1, 1] (unclamped) from unscaled latents."""
         return self.decoder(z)
 
-    def encode_latents(self, x: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_latents(
+        self, x: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Latents for a latent-space model: a posterior draw (or its mean), times `latent_scale`."""
         mean, logvar = self.encode(x)
         if sample:
-            mean = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator, device=mean.device)
+            mean = mean + (0.5 * logvar).exp() * torch.randn(
+                mean.shape, generator=generator, device=mean.device
+            )
         return mean * self.latent_scale
 
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
@@ -148,7 +163,9 @@ class VAE(GenerativeModule):
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)  # reparameterisation
         return self.decode(z), mean, logvar
 
-    def losses(self, x: torch.Tensor, reconstruction: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(
+        self, x: torch.Tensor, reconstruction: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         pixels = x[0].numel()
         if self.hparams.reconstruction_loss == "l1":
             rec = (reconstruction - x).abs().flatten(1).sum(1)
@@ -178,10 +195,20 @@ class VAE(GenerativeModule):
         parts = self.losses(x, reconstruction, mean, logvar)
         self.log("val/loss", parts["loss"], prog_bar=True, sync_dist=True, batch_size=len(x))
         self.log("val/kl", parts["kl"], sync_dist=True, batch_size=len(x))
-        self.log("val/l1", (reconstruction.clamp(-1, 1) - x).abs().mean(), prog_bar=True, sync_dist=True, batch_size=len(x))
-        self.log("val/mse", (reconstruction.clamp(-1, 1) - x).pow(2).mean(), sync_dist=True, batch_size=len(x))
+        self.log(
+            "val/l1",
+            (reconstruction.clamp(-1, 1) - x).abs().mean(),
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=len(x),
+        )
+        self.log(
+            "val/mse", (reconstruction.clamp(-1, 1) - x).pow(2).mean(), sync_dist=True, batch_size=len(x)
+        )
         m = mean.double()
-        self._latent_moments += torch.stack([torch.tensor(m.numel(), device=m.device, dtype=m.dtype), m.sum(), m.pow(2).sum()])
+        self._latent_moments += torch.stack(
+            [torch.tensor(m.numel(), device=m.device, dtype=m.dtype), m.sum(), m.pow(2).sum()]
+        )
 
     def on_validation_epoch_end(self) -> None:
         moments = self.all_gather(self._latent_moments)
@@ -193,14 +220,23 @@ class VAE(GenerativeModule):
             self.log("val/latent_scale", self.latent_scale, sync_dist=False, rank_zero_only=True)
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         warmup = max(1, self.hparams.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- generation -----------------------------------------------------------------------
 
-    def generate(self, n: int, *, condition: Any = None, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+    def generate(
+        self,
+        n: int,
+        *,
+        condition: Any = None,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
         """Decode `n` draws from the prior N(0, temperature^2 I); images in [0, 1]."""
         if condition is not None:
             raise ValueError("vae is unconditional: it takes no prompt or label")
@@ -208,7 +244,9 @@ class VAE(GenerativeModule):
         z = temperature * torch.randn(shape, generator=generator, device=self.device)
         return ((self.decode(z) + 1) / 2).clamp(0, 1)
 
-    def previews(self, batch: dict[str, Any] | None, *, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def previews(
+        self, batch: dict[str, Any] | None, *, n: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         out = {"samples": self.generate(n, generator=generator)}
         if batch is not None and "image" in batch:
             x = batch["image"][: max(1, n // 2)]

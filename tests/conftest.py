@@ -72,7 +72,9 @@ class FakeDistributions:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def add(self, dist: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str] | None = None) -> None:
+    def add(
+        self, dist: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str] | None = None
+    ) -> None:
         info = self.root / f"{dist.replace('-', '_')}-1.0.dist-info"
         info.mkdir(parents=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
@@ -93,5 +95,7 @@ def fake_dists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake
     before = set(sys.modules)
     yield FakeDistributions(root)
     for name in set(sys.modules) - before:  # forget the throwaway modules
-        if sys.modules[name] is not None and str(root) in str(getattr(sys.modules[name], "__file__", "") or ""):
+        if sys.modules[name] is not None and str(root) in str(
+            getattr(sys.modules[name], "__file__", "") or ""
+        ):
             del sys.modules[name]

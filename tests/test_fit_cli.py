@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_VAE, run_fit
 
+from conftest import TINY_VAE, run_fit
 from zoo.fit import UsageError
 
 
@@ -82,7 +82,9 @@ def test_wrong_modality_is_refused(in_tmp, fake_dists, capsys):
     fake_dists.add(
         "text-plugins",
         {"zoo.datamodules": {"poems": "poems_mod:Poems"}},
-        {"poems_mod": "from zoo.data import ZooDataModule\nclass Poems(ZooDataModule):\n    modality = 'text'\n"},
+        {
+            "poems_mod": "from zoo.data import ZooDataModule\nclass Poems(ZooDataModule):\n    modality = 'text'\n"
+        },
     )
     with pytest.raises(UsageError):
         run_fit("--model", "vae", "--data", "poems")
@@ -130,7 +132,10 @@ def test_resume_from_last_ckpt_is_exact(in_tmp):
 
 def test_help_lists_family_flags():
     out = subprocess.run(
-        [sys.executable, "-m", "zoo.fit", "--model", "vae", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "zoo.fit", "--model", "vae", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0
     assert "--model.latent_channels" in out.stdout and "--data.num_train" in out.stdout

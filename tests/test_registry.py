@@ -43,8 +43,12 @@ def test_unknown_name_lists_known_and_close_matches():
 
 
 def test_duplicate_name_from_two_distributions_names_both(fake_dists):
-    fake_dists.add("alpha-plugins", {"zoo.models": {"twin": "alpha_mod:Twin"}}, {"alpha_mod": "class Twin: pass"})
-    fake_dists.add("beta-plugins", {"zoo.models": {"twin": "beta_mod:Twin"}}, {"beta_mod": "class Twin: pass"})
+    fake_dists.add(
+        "alpha-plugins", {"zoo.models": {"twin": "alpha_mod:Twin"}}, {"alpha_mod": "class Twin: pass"}
+    )
+    fake_dists.add(
+        "beta-plugins", {"zoo.models": {"twin": "beta_mod:Twin"}}, {"beta_mod": "class Twin: pass"}
+    )
     with pytest.raises(registry.DuplicateNameError) as info:
         zoo.get_model_class("twin")
     assert "alpha-plugins" in str(info.value) and "beta-plugins" in str(info.value)
@@ -53,7 +57,11 @@ def test_duplicate_name_from_two_distributions_names_both(fake_dists):
 
 
 def test_one_distribution_seen_twice_is_not_a_duplicate(fake_dists, tmp_path):
-    fake_dists.add("gamma-plugins", {"zoo.models": {"solo": "gamma_mod:Solo"}}, {"gamma_mod": "class Solo:\n    modality = 'image'"})
+    fake_dists.add(
+        "gamma-plugins",
+        {"zoo.models": {"solo": "gamma_mod:Solo"}},
+        {"gamma_mod": "class Solo:\n    modality = 'image'"},
+    )
     # the same distribution visible a second time (as an editable install's egg-info is)
     second = tmp_path / "site" / "gamma_plugins-1.0.dist-info"
     egg = tmp_path / "site" / "gamma_plugins.egg-info"
@@ -66,7 +74,10 @@ def test_one_distribution_seen_twice_is_not_a_duplicate(fake_dists, tmp_path):
 def test_broken_plugin_is_listed_and_hides_nothing(fake_dists):
     fake_dists.add(
         "broken-plugins",
-        {"zoo.models": {"broken_gan": "broken_mod:GAN"}, "zoo.datamodules": {"broken_data": "broken_mod:Data"}},
+        {
+            "zoo.models": {"broken_gan": "broken_mod:GAN"},
+            "zoo.datamodules": {"broken_data": "broken_mod:Data"},
+        },
         {"broken_mod": "import torch\nraise ImportError('needs a library that is not installed')"},
     )
     statuses = {s.name: s for s in registry.describe(registry.model_entries())}

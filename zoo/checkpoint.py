@@ -25,7 +25,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """The checkpoint's dictionary, read with `weights_only=True` where the file allows it."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist (runs keep theirs in runs/<model>/<run>/checkpoints/)")
+        raise CheckpointError(
+            f"checkpoint '{path}' does not exist (runs keep theirs in runs/<model>/<run>/checkpoints/)"
+        )
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"checkpoint '{path}' is not a PyTorch checkpoint (not a zip archive): the file is truncated, "
@@ -37,7 +39,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if "Unsupported global" not in str(err):
             raise CheckpointError(f"checkpoint '{path}' is corrupt: {_first_line(err)}") from err
         # A family whose hyperparameters hold Python objects beyond tensors and plain values.
-        warnings.warn(f"{path}: loading with weights_only=False (the file holds Python objects); load only files you trust", stacklevel=2)
+        warnings.warn(
+            f"{path}: loading with weights_only=False (the file holds Python objects); load only files you trust",
+            stacklevel=2,
+        )
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as err2:
@@ -48,7 +53,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "corrupt. Use another checkpoint of the run (e.g. checkpoints/last.ckpt) or train again."
         ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"'{path}' is a PyTorch file but not a Lightning checkpoint (it has no 'state_dict')")
+        raise CheckpointError(
+            f"'{path}' is a PyTorch file but not a Lightning checkpoint (it has no 'state_dict')"
+        )
     return checkpoint
 
 
@@ -65,7 +72,9 @@ def model_class_of(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>"
         try:
             return registry.get_model_class(name)
         except registry.UnknownNameError as err:
-            raise CheckpointError(f"'{path}' was written by the family '{name}', which is not installed here: {err}") from err
+            raise CheckpointError(
+                f"'{path}' was written by the family '{name}', which is not installed here: {err}"
+            ) from err
     module_name, _, attr = meta["class_path"].partition(":")
     module = __import__(module_name, fromlist=["_"])
     return getattr(module, attr)
@@ -80,5 +89,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> An
     model = cls(**hparams)
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"'{path}' does not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"'{path}' does not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model.to(map_location).eval()

@@ -85,6 +85,7 @@ def _init_params(cls: type) -> set[str]:
 
 
 def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` on a typo stays fast
+    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
@@ -131,9 +132,13 @@ def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` o
         def instantiate_trainer(self, **kwargs: Any) -> Any:
             # Keep the weights of a run that fails (a NaN loss, Ctrl-C): <run>/checkpoints/on_exception.ckpt
             config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-            dirpath = config.checkpoint.dirpath
-            extra = [CheckpointOnException(dirpath)]
-            kwargs["callbacks"] = extra + list(kwargs.get("callbacks") or [])
+            configured = config.trainer.get("callbacks") or []
+            configured = [configured] if isinstance(configured, L.Callback) else list(configured)
+            kwargs["callbacks"] = [
+                CheckpointOnException(config.checkpoint.dirpath),
+                *configured,
+                *kwargs.get("callbacks", []),
+            ]
             return super().instantiate_trainer(**kwargs)
 
     return ZooCLI
@@ -143,7 +148,9 @@ def _pre_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m zoo.fit", add_help=False, allow_abbrev=False)
     parser.add_argument("--model", help="a model family's registry name (python -m zoo.list)")
     parser.add_argument("--data", help="a datamodule's registry name; default: the family's own")
-    parser.add_argument("--logger", choices=[*LOGGERS, "none"], help="logger (default wandb, offline without WANDB_API_KEY)")
+    parser.add_argument(
+        "--logger", choices=[*LOGGERS, "none"], help="logger (default wandb, offline without WANDB_API_KEY)"
+    )
     parser.add_argument("-h", "--help", action="store_true")
     return parser
 
@@ -209,9 +216,13 @@ def main(argv: Sequence[str] | None = None, *, run: bool = True) -> Any:
     trainer_defaults: dict[str, Any] = {}
     logger = known.logger or "wandb"
     # save_dir "runs" is a placeholder: before_instantiate_classes puts the run folder there
-    trainer_defaults["logger"] = False if logger == "none" else {"class_path": LOGGERS[logger], "init_args": {"save_dir": "runs"}}
+    trainer_defaults["logger"] = (
+        False if logger == "none" else {"class_path": LOGGERS[logger], "init_args": {"save_dir": "runs"}}
+    )
     if logger == "wandb":
-        trainer_defaults["logger"]["init_args"].update(project="zoo", offline=not os.environ.get("WANDB_API_KEY"))
+        trainer_defaults["logger"]["init_args"].update(
+            project="zoo", offline=not os.environ.get("WANDB_API_KEY")
+        )
 
     parser_kwargs: dict[str, Any] = {"prog": f"python -m zoo.fit --model {known.model}"}
     recipe = default_config(known.model, model_class)

@@ -27,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = registry.describe(registry.model_entries())
     datamodules = registry.describe(registry.datamodule_entries())
     if args.json:
-        print(json.dumps({"models": [s.as_dict() for s in models], "datamodules": [s.as_dict() for s in datamodules]}, indent=2))
+        print(
+            json.dumps(
+                {"models": [s.as_dict() for s in models], "datamodules": [s.as_dict() for s in datamodules]},
+                indent=2,
+            )
+        )
         return 0
 
     def status(s: registry.Status) -> str:
@@ -35,16 +40,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     header = ["NAME", "MODALITY", "DEFAULT DATA", "DISTRIBUTION", "STATUS"]
     print("Models")
-    print(_table([[s.name, s.modality or "-", s.default_data or "-", f"{s.distribution} {s.version}", status(s)] for s in models], header))
+    print(
+        _table(
+            [
+                [s.name, s.modality or "-", s.default_data or "-", f"{s.distribution} {s.version}", status(s)]
+                for s in models
+            ],
+            header,
+        )
+    )
     print("\nDatamodules")
     header = ["NAME", "MODALITY", "DISTRIBUTION", "STATUS"]
-    print(_table([[s.name, s.modality or "-", f"{s.distribution} {s.version}", status(s)] for s in datamodules], header))
+    print(
+        _table(
+            [[s.name, s.modality or "-", f"{s.distribution} {s.version}", status(s)] for s in datamodules],
+            header,
+        )
+    )
     broken = [s for s in models + datamodules if not s.ok]
     if broken:
-        print(f"\n{len(broken)} broken plugin(s); the rest work. `python -m zoo.list --traceback` shows why.", file=sys.stderr)
+        print(
+            f"\n{len(broken)} broken plugin(s); the rest work. `python -m zoo.list --traceback` shows why.",
+            file=sys.stderr,
+        )
         if args.traceback:
             for s in broken:
-                print(f"\n--- {s.kind} '{s.name}' from {s.distribution} ---\n{s.traceback or s.error}", file=sys.stderr)
+                print(
+                    f"\n--- {s.kind} '{s.name}' from {s.distribution} ---\n{s.traceback or s.error}",
+                    file=sys.stderr,
+                )
     return 0
 
 

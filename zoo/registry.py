@@ -105,7 +105,9 @@ def _entries(group: str) -> dict[str, Entry]:
             if ep.name in entries:
                 entries[ep.name].claims.append((dist_name, ep.value))
             else:
-                entries[ep.name] = Entry(ep.name, group, ep.value, dist_name, dist.version, [(dist_name, ep.value)])
+                entries[ep.name] = Entry(
+                    ep.name, group, ep.value, dist_name, dist.version, [(dist_name, ep.value)]
+                )
     # a distribution visible twice under different versions is still one claimant
     for entry in entries.values():
         owners = {_normalise(d) for d, _ in entry.claims}
@@ -214,6 +216,8 @@ def describe(entries: dict[str, Entry]) -> list[Status]:
             short = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
             tb = "".join(traceback.format_exception(cause)) if cause is not None else None
             statuses.append(
-                Status(entry.name, entry.kind, entry.distribution, entry.version, None, None, False, short, tb)
+                Status(
+                    entry.name, entry.kind, entry.distribution, entry.version, None, None, False, short, tb
+                )
             )
     return statuses

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,14 @@ SAMPLING_FLAGS = ("sampler", "steps", "guidance", "temperature", "eta", "top_k",
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zoo.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by zoo.fit (e.g. runs/vae/<run>/checkpoints/last.ckpt)")
+    p = argparse.ArgumentParser(
+        prog="python -m zoo.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="a checkpoint written by zoo.fit (e.g. runs/vae/<run>/checkpoints/last.ckpt)",
+    )
     p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", default="samples", help="output folder (default samples/)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -45,7 +50,9 @@ def _condition(args: argparse.Namespace, num: int) -> Any:
     if not values:
         return None
     if len(values) not in (1, num):
-        raise SystemExit(f"python -m zoo.sample: error: give one condition or --num ({num}) of them, got {len(values)}")
+        raise SystemExit(
+            f"python -m zoo.sample: error: give one condition or --num ({num}) of them, got {len(values)}"
+        )
     return list(values) * num if len(values) == 1 else list(values)
 
 
@@ -85,14 +92,17 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     for start in range(0, args.num, args.batch_size):
         n = min(args.batch_size, args.num - start)
         cond = None if condition is None else condition[start : start + n]
-        samples = model.generate(n, condition=cond, generator=generator, **options)
+        try:
+            samples = model.generate(n, condition=cond, generator=generator, **options)
+        except ValueError as err:  # a family's own word on a condition or option it cannot use
+            raise SystemExit(f"python -m zoo.sample: error: {type(model).__name__}: {err}") from err
         if model.modality == "image":
             written += save_images(samples, out, start=start)
+            chunks.append(samples)
         elif model.modality == "text":
             chunks += list(samples)
         else:
             raise SystemExit(f"python -m zoo.sample: error: no writer for {model.modality} samples yet")
-        chunks.append(samples) if model.modality == "image" else None
     if model.modality == "image":
         written.append(save_grid(torch.cat(chunks), out / "grid.png"))
     else:

@@ -20,7 +20,9 @@ class CheckpointOnException(L.Callback):
         super().__init__()
         self.path = Path(dirpath) / f"{filename}.ckpt"
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         if trainer.global_rank != 0 or trainer.state.fn != "fit":
             return
         try:

@@ -31,7 +31,9 @@ class SampleGrid(L.Callback):
     show the same draws as the model learns. Runs on global rank zero only.
     """
 
-    def __init__(self, every_n_steps: int = 500, num_samples: int = 64, seed: int = 0, on_train_end: bool = True) -> None:
+    def __init__(
+        self, every_n_steps: int = 500, num_samples: int = 64, seed: int = 0, on_train_end: bool = True
+    ) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
@@ -63,7 +65,11 @@ class SampleGrid(L.Callback):
         batch = self._batch
         if batch is not None:
             batch = {
-                k: (v[: self.num_samples].to(pl_module.device) if torch.is_tensor(v) else v[: self.num_samples])
+                k: (
+                    v[: self.num_samples].to(pl_module.device)
+                    if torch.is_tensor(v)
+                    else v[: self.num_samples]
+                )
                 for k, v in batch.items()
             }
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)

@@ -11,7 +11,9 @@ from torchvision.utils import make_grid, save_image
 
 def _check_images(images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] not in (1, 3, 4):
-        raise ValueError(f"expected images of shape (N, C, H, W) with C in 1, 3, 4; got {tuple(images.shape)}")
+        raise ValueError(
+            f"expected images of shape (N, C, H, W) with C in 1, 3, 4; got {tuple(images.shape)}"
+        )
     return images.detach().float().cpu().clamp(0, 1)
 
 

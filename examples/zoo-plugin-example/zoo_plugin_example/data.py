@@ -16,7 +16,11 @@ class StripesDataset(Dataset):
         stripe = (torch.arange(image_size) // 2) % 2  # 0 0 1 1 0 0 ...
         images = []
         for label, colour in zip(self.labels, colours, strict=True):
-            pattern = stripe[:, None].expand(image_size, image_size) if label == 0 else stripe[None, :].expand(image_size, image_size)
+            pattern = (
+                stripe[:, None].expand(image_size, image_size)
+                if label == 0
+                else stripe[None, :].expand(image_size, image_size)
+            )
             images.append(torch.where(pattern.bool(), colour[:, 1, None, None], colour[:, 0, None, None]))
         self.images = torch.stack(images)
 

@@ -39,6 +39,8 @@ class GaussianPixels(GenerativeModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
-    def generate(self, n: int, *, condition: Any = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self, n: int, *, condition: Any = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         noise = torch.randn((n, *self.mean.shape), generator=generator, device=self.device)
         return ((self.mean + self.log_std.exp() * noise + 1) / 2).clamp(0, 1)

@@ -1,0 +1,406 @@
+"""Procedural coloured shapes with captions, instance masks and edge maps: the zoo's embedded image data.
+
+`render_shapes` draws whole datasets as numpy arrays (other datamodules reuse it and `draw_shape`);
+`ShapesDataModule` wraps three seeded, disjoint splits of it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from zoo.data import ZooDataModule
+
+from ._images import check_image_args, derived_seed, rgb_to_grey, uint8_to_signed
+
+SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
+COLOR_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
+COLOR_RGB = np.array(
+    [(225, 30, 30), (30, 175, 55), (40, 85, 235), (245, 220, 35), (150, 55, 205), (250, 135, 15)],
+    dtype=np.uint8,
+)
+SIZE_NAMES: tuple[str, ...] = ("small", "large")
+BACKGROUND_RGB = np.array((0, 0, 0), dtype=np.uint8)
+
+SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges at any size
+# An object's scale s is drawn uniformly from these ranges, as a fraction of image_size. A circle has
+# radius s; the other shapes are sized so their areas are close to the circle's (see CIRCUMRADIUS), and a
+# large object is always clearly larger than a small one: at least 1.3x the area, whatever the shapes.
+SCALE_RANGES = ((0.13, 0.16), (0.20, 0.25))
+# Circumradius / scale: a square of half-side 0.9 s, an equilateral triangle of circumradius 1.4 s.
+CIRCUMRADIUS = {"circle": 1.0, "square": 0.9 * math.sqrt(2.0), "triangle": 1.4}
+INRADIUS = {"circle": 1.0, "square": 0.9, "triangle": 0.7}
+MAX_SCENE_TRIES = 200
+MAX_PLACEMENT_TRIES = 30
+
+
+class ShapeObject(NamedTuple):
+    """One object of a scene: indices into SHAPE_NAMES, COLOR_NAMES, SIZE_NAMES; geometry in pixels."""
+
+    shape: int
+    color: int
+    size: int
+    cx: float
+    cy: float
+    scale: float  # circle radius; see CIRCUMRADIUS for the others
+    angle: float  # radians
+
+
+def class_names() -> list[str]:
+    """The label of an image is its first object's colour and shape: "red circle", "red square", ..."""
+    return [f"{color} {shape}" for color in COLOR_NAMES for shape in SHAPE_NAMES]
+
+
+def draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    cx: float,
+    cy: float,
+    scale: float,
+    angle: float,
+    *,
+    factor: int = SUPERSAMPLE,
+    fill: int | None = 255,
+    outline: int | None = None,
+    width: int = 0,
+) -> None:
+    """Draw one shape on a canvas `factor` times the target resolution.
+
+    (cx, cy) is the centre in target pixels, with pixel (i, j) covering [i, i+1) x [j, j+1); `scale` is
+    the circle radius in target pixels (see CIRCUMRADIUS for the others); `angle` is in radians.
+    """
+    # Measured: PIL fills polygons, and ellipses with this bounding box, symmetrically about the given
+    # centre when pixel j spans [j, j+1), so mask centroids land on (cx, cy) without a shift.
+    x, y = cx * factor, cy * factor
+    if shape == "circle":
+        r = scale * factor
+        draw.ellipse(
+            (x - r + 0.5, y - r + 0.5, x + r - 0.5, y + r - 0.5), fill=fill, outline=outline, width=width
+        )
+        return
+    corners = {"square": 4, "triangle": 3}[shape]
+    r = CIRCUMRADIUS[shape] * scale * factor
+    # angle 0: the square stands on a side, the triangle points up.
+    start = -math.pi / 2 + (math.pi / 4 if shape == "square" else 0.0) + angle
+    points = [
+        (
+            x + r * math.cos(start + 2 * math.pi * k / corners),
+            y + r * math.sin(start + 2 * math.pi * k / corners),
+        )
+        for k in range(corners)
+    ]
+    draw.polygon(points, fill=fill, outline=outline, width=width)
+
+
+def shape_alpha(shape: str, cx: float, cy: float, scale: float, angle: float, image_size: int) -> np.ndarray:
+    """Anti-aliased coverage (uint8 0..255, shape (image_size, image_size)) of one shape."""
+    size = image_size * SUPERSAMPLE
+    canvas = Image.new("L", (size, size), 0)
+    draw_shape(ImageDraw.Draw(canvas), shape, cx, cy, scale, angle)
+    return np.asarray(canvas.reduce(SUPERSAMPLE))
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """3x3 binary dilation."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    rows = out.copy()
+    out[:, 1:] |= rows[:, :-1]
+    out[:, :-1] |= rows[:, 1:]
+    return out
+
+
+def _sample_scene(
+    rng: np.random.Generator, count: int, image_size: int
+) -> tuple[list[ShapeObject], list[np.ndarray]]:
+    """Random objects with at least one clear pixel between them and the border, and their coverages."""
+    for _ in range(MAX_SCENE_TRIES):
+        objects: list[ShapeObject] = []
+        alphas: list[np.ndarray] = []
+        occupied = np.zeros((image_size, image_size), dtype=bool)
+        for _ in range(count):
+            shape = int(rng.integers(len(SHAPE_NAMES)))
+            color = int(rng.integers(len(COLOR_NAMES)))
+            size = int(rng.integers(len(SIZE_NAMES)))
+            scale = float(rng.uniform(*SCALE_RANGES[size])) * image_size
+            angle = float(rng.uniform(0.0, 2 * math.pi)) if SHAPE_NAMES[shape] != "circle" else 0.0
+            reach = CIRCUMRADIUS[SHAPE_NAMES[shape]] * scale + 1.0  # keep a pixel clear of the border
+            low, high = reach, max(reach, image_size - reach)
+            for _ in range(MAX_PLACEMENT_TRIES):
+                cx, cy = (float(v) for v in rng.uniform(low, high, size=2))
+                # Objects whose inscribed circles meet overlap for sure: reject them without drawing.
+                inner = INRADIUS[SHAPE_NAMES[shape]] * scale
+                if any(
+                    math.hypot(cx - o.cx, cy - o.cy) < inner + INRADIUS[SHAPE_NAMES[o.shape]] * o.scale
+                    for o in objects
+                ):
+                    continue
+                alpha = shape_alpha(SHAPE_NAMES[shape], cx, cy, scale, angle, image_size)
+                if not (occupied & (alpha > 0)).any():
+                    break
+            else:
+                break  # this object does not fit: start the scene again
+            objects.append(ShapeObject(shape, color, size, cx, cy, scale, angle))
+            alphas.append(alpha)
+            occupied |= _dilate(alpha > 0)
+        else:
+            if count == 2:
+                # Relations come from the dominant axis between centres; skip near-diagonal pairs.
+                dx, dy = abs(objects[1].cx - objects[0].cx), abs(objects[1].cy - objects[0].cy)
+                if max(dx, dy) < 1.25 * min(dx, dy):
+                    continue
+            return objects, alphas
+    raise RuntimeError(
+        f"could not place {count} non-overlapping shapes in a {image_size}x{image_size} image; "
+        f"use fewer objects or a larger image_size"
+    )
+
+
+def relation(first_center: tuple[float, float], second_center: tuple[float, float]) -> str:
+    """Where the first object is relative to the second, along the dominant axis (y grows downwards)."""
+    dx = second_center[0] - first_center[0]
+    dy = second_center[1] - first_center[1]
+    if abs(dx) >= abs(dy):
+        return "left of" if dx > 0 else "right of"
+    return "above" if dy > 0 else "below"
+
+
+def caption_for(objects: list[ShapeObject]) -> str:
+    """ "a red circle"; "a red circle left of a small blue square"; "an orange circle, a blue square and a green triangle".
+
+    One object is named by colour and shape alone. With several, small objects are called small and
+    the others (large) are unmarked.
+    """
+
+    def phrase(obj: ShapeObject) -> str:
+        small = len(objects) > 1 and SIZE_NAMES[obj.size] == "small"
+        words = f"{'small ' if small else ''}{COLOR_NAMES[obj.color]} {SHAPE_NAMES[obj.shape]}"
+        return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+
+    if len(objects) == 1:
+        return phrase(objects[0])
+    if len(objects) == 2:
+        first, second = objects
+        return f"{phrase(first)} {relation((first.cx, first.cy), (second.cx, second.cy))} {phrase(second)}"
+    return ", ".join(phrase(obj) for obj in objects[:-1]) + f" and {phrase(objects[-1])}"
+
+
+def render_shapes(
+    num: int, *, image_size: int = 32, min_objects: int = 1, max_objects: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    """Render `num` images of min_objects..max_objects non-overlapping coloured shapes on black.
+
+    Deterministic for a seed. Returns a dict of numpy arrays (K = max_objects; absent objects are -1,
+    or zeros in masks):
+
+    - `images` uint8 (num, S, S, 3) RGB
+    - `instance_masks` uint8 (num, K, S, S) in {0, 1}: pixels at least half covered by object k
+    - `edges` uint8 (num, S, S): anti-aliased outlines of the objects, about one pixel wide
+    - `num_objects` int64 (num,); `colors`, `shapes`, `sizes` int64 (num, K): indices into
+      COLOR_NAMES, SHAPE_NAMES, SIZE_NAMES
+    - `centers` float32 (num, K, 2) as (x, y) in pixels, `scales` float32 (num, K) in pixels (circle
+      radius), `angles` float32 (num, K) in radians
+    - `captions`: a list of `num` strings (see `caption_for`)
+    """
+    check_image_args(image_size, 3, min_size=8)
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+    rng = np.random.default_rng(seed)
+    size, k_max = image_size, max_objects
+    alphas = np.zeros((num, k_max, size, size), dtype=np.uint8)
+    edges = np.zeros((num, size, size), dtype=np.uint8)
+    num_objects = np.zeros(num, dtype=np.int64)
+    colors, shapes, sizes = (np.full((num, k_max), -1, dtype=np.int64) for _ in range(3))
+    centers = np.full((num, k_max, 2), -1.0, dtype=np.float32)
+    scales = np.full((num, k_max), -1.0, dtype=np.float32)
+    angles = np.full((num, k_max), -1.0, dtype=np.float32)
+    captions: list[str] = []
+    big = size * SUPERSAMPLE
+    for i in range(num):
+        count = int(rng.integers(min_objects, max_objects + 1))
+        objects, object_alphas = _sample_scene(rng, count, size)
+        outline = Image.new("L", (big, big), 0)
+        draw = ImageDraw.Draw(outline)
+        for k, obj in enumerate(objects):
+            alphas[i, k] = object_alphas[k]
+            shapes[i, k], colors[i, k], sizes[i, k] = obj.shape, obj.color, obj.size
+            centers[i, k] = (obj.cx, obj.cy)
+            scales[i, k], angles[i, k] = obj.scale, obj.angle
+            draw_shape(
+                draw,
+                SHAPE_NAMES[obj.shape],
+                obj.cx,
+                obj.cy,
+                obj.scale,
+                obj.angle,
+                fill=None,
+                outline=255,
+                width=SUPERSAMPLE,
+            )
+        edges[i] = np.asarray(outline.reduce(SUPERSAMPLE))
+        num_objects[i] = count
+        captions.append(caption_for(objects))
+
+    # Objects never overlap, so the image is the background plus each object's coverage times its colour.
+    images = np.empty((num, size, size, 3), dtype=np.uint8)
+    background = BACKGROUND_RGB.astype(np.float32)
+    deltas = COLOR_RGB[np.maximum(colors, 0)].astype(np.float32) - background  # (num, K, 3)
+    for start in range(0, num, 512):
+        stop = min(start + 512, num)
+        coverage = alphas[start:stop].astype(np.float32) / 255.0
+        mixed = background + np.einsum("nkhw,nkc->nhwc", coverage, deltas[start:stop])
+        images[start:stop] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+    return {
+        "images": images,
+        "instance_masks": (alphas >= 128).astype(np.uint8),
+        "edges": edges,
+        "num_objects": num_objects,
+        "colors": colors,
+        "shapes": shapes,
+        "sizes": sizes,
+        "centers": centers,
+        "scales": scales,
+        "angles": angles,
+        "captions": captions,
+    }
+
+
+def _take(data: dict[str, Any], index: np.ndarray) -> dict[str, Any]:
+    return {
+        key: [value[i] for i in index] if isinstance(value, list) else value[index]
+        for key, value in data.items()
+    }
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        key: sum((part[key] for part in parts), [])
+        if key == "captions"
+        else np.concatenate([p[key] for p in parts])
+        for key in parts[0]
+    }
+
+
+class ShapesDataset(Dataset):
+    """Items of `render_shapes` output as batch dictionaries; arrays stay uint8 until an item is asked for."""
+
+    def __init__(self, data: dict[str, Any], channels: int = 3) -> None:
+        self.data = data
+        self.images = data["images"] if channels == 3 else rgb_to_grey(data["images"])
+        self.labels = data["colors"][:, 0] * len(SHAPE_NAMES) + data["shapes"][:, 0]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        data = self.data
+        return {
+            "image": uint8_to_signed(self.images[index]),
+            "caption": data["captions"][index],
+            "label": torch.tensor(self.labels[index], dtype=torch.int64),
+            "num_objects": torch.tensor(data["num_objects"][index], dtype=torch.int64),
+            "colors": torch.tensor(data["colors"][index], dtype=torch.int64),
+            "shapes": torch.tensor(data["shapes"][index], dtype=torch.int64),
+            "sizes": torch.tensor(data["sizes"][index], dtype=torch.int64),
+            "instance_masks": torch.tensor(data["instance_masks"][index], dtype=torch.float32),
+            "edges": torch.tensor(data["edges"][index], dtype=torch.float32).div_(255.0).unsqueeze(0),
+        }
+
+
+class ShapesDataModule(ZooDataModule):
+    """Procedural images of 1-3 coloured shapes on black, with captions, labels, masks and edge maps.
+
+    Each image shows `min_objects`..`max_objects` (default exactly one) non-overlapping shapes, with at
+    least one clear pixel between them and the border: a circle, square or triangle (squares and
+    triangles randomly rotated), in one of six colours (red, green, blue, yellow, purple, orange), small
+    or large, at a random position. Drawn at 4x and box-filtered down, so edges are anti-aliased at any
+    `image_size` (default 32, at least 8). Splits: `num_train` / `num_val` / `num_test` images (default
+    10,000 / 500 / 500) from independent seeds derived from `seed`, byte-identical for a seed and
+    disjoint (val and test never repeat an image of an earlier split). Generating the default 11,000
+    images at 32x32 takes about 1.3 s on one CPU core (about 5 s with max_objects=3, where placements
+    get rejected); they are kept in memory as uint8 arrays (about 57 MB with masks and edges) and
+    converted to tensors item by item.
+
+    Item keys (K = max_objects; absent objects are -1, or zeros in masks):
+    - `image` float32 (channels, S, S) in [-1, 1]; channels=1 gives luma
+    - `caption` str: "a red circle"; with two objects "a red circle left of a small blue square"
+      (left of / right of / above / below, along the dominant axis between the centres; near-diagonal
+      pairs are never generated); with three "a red circle, a small blue square and a green triangle".
+      With several objects, small ones are called small and large ones are unmarked.
+    - `label` int64: class of the first object named, color_index * 3 + shape_index; `class_names`
+      ("red circle", "red square", ...) has 18 entries
+    - `num_objects` int64; `colors`, `shapes`, `sizes` int64 (K,), indices into COLOR_NAMES,
+      SHAPE_NAMES and SIZE_NAMES (0 small, 1 large)
+    - `instance_masks` float32 (K, S, S) in {0, 1}
+    - `edges` float32 (1, S, S) in [0, 1]: the objects' outlines, about one pixel wide (a ControlNet condition)
+    """
+
+    modality = "image"
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: int = 3,
+        min_objects: int = 1,
+        max_objects: int = 1,
+        num_train: int = 10000,
+        num_val: int = 500,
+        num_test: int = 500,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        self.save_hyperparameters()  # recorded in checkpoints, so evaluation can rebuild the data
+        check_image_args(image_size, channels, min_size=8)
+        if not 1 <= min_objects <= max_objects:
+            raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+        if min(num_train, num_val, num_test) < 1:
+            raise ValueError(
+                f"num_train, num_val and num_test must be at least 1, got {num_train}, {num_val}, {num_test}"
+            )
+        self.image_size = image_size
+        self.channels = channels
+        self.min_objects = min_objects
+        self.max_objects = max_objects
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.class_names = class_names()
+        self.num_classes = len(self.class_names)
+
+    def _render(self, num: int, split: int, seen: set[int]) -> dict[str, Any]:
+        """`num` images from the split's own seed, dropping any image already in `seen` (then added to it)."""
+        parts, have, round_ = [], 0, 0
+        while have < num:
+            data = render_shapes(
+                num - have + (round_ > 0) * 8,
+                image_size=self.image_size,
+                min_objects=self.min_objects,
+                max_objects=self.max_objects,
+                seed=derived_seed(self.seed, split, round_),
+            )
+            keys = [hash(image.tobytes()) for image in data["images"]]
+            fresh = np.array([key not in seen for key in keys], dtype=bool)
+            keep = np.flatnonzero(fresh)[: num - have]
+            parts.append(_take(data, keep))
+            have += len(keep)
+            round_ += 1
+        data = _concat(parts) if len(parts) > 1 else parts[0]
+        seen.update(hash(image.tobytes()) for image in data["images"])
+        return data
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        seen: set[int] = set()
+        splits = [
+            self._render(num, split, seen)
+            for split, num in enumerate((self.num_train, self.num_val, self.num_test))
+        ]
+        self.train_set, self.val_set, self.test_set = (ShapesDataset(data, self.channels) for data in splits)
