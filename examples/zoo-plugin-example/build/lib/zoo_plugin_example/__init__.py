@@ -1,1 +1,0 @@
-"""An example zoo plugin: `gaussian_pixels` (model) and `stripes` (datamodule)."""
