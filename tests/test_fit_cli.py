@@ -140,3 +140,17 @@ def test_help_lists_family_flags():
     assert out.returncode == 0
     assert "--model.latent_channels" in out.stdout and "--data.num_train" in out.stdout
     assert "--checkpoint.every_n_train_steps" in out.stdout and "--samples.every_n_steps" in out.stdout
+
+
+@pytest.mark.slow
+def test_default_logger_is_offline_wandb_in_the_run_folder(in_tmp, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline must come from zoo, not the environment
+    flags = [a for i, a in enumerate(TINY_VAE) if a != "--logger" and TINY_VAE[i - 1] != "--logger"]
+    cli = run_fit(*flags, "--trainer.max_steps", "2")
+    logger = cli.trainer.logger
+    assert type(logger).__name__ == "WandbLogger" and logger._offline
+    run = Path(cli.trainer.default_root_dir)
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert offline_runs, list(run.rglob("*"))[:20]
+    assert list(offline_runs[0].rglob("*.png"))  # the sample grid went to W&B too
