@@ -26,7 +26,11 @@ from zoo.module import GenerativeModule
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=min(32, channels // 4) or 1, num_channels=channels, eps=1e-6)
+    # at least 4 channels a group, at most 32 groups (Wu & He 2018), and a divisor of the width
+    groups = min(32, max(1, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResBlock(nn.Module):

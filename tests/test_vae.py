@@ -93,3 +93,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_finite_weights(in_tmp, fake_dis
     state = torch.load(kept, weights_only=True)
     assert state["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_widths_that_are_not_multiples_of_32_build():
+    model = VAE(base_channels=52, downsample_factor=8)  # 52, 104, 208, 208 channels
+    assert model(torch.zeros(1, 3, 32, 32))[0].shape == (1, 3, 32, 32)

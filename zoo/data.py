@@ -84,6 +84,8 @@ class ZooDataModule(L.LightningDataModule):
     """
 
     modality: ClassVar[str] = "image"
+    num_classes: int = 0  # labelled datamodules set these; a class-conditional family links to them
+    class_names: list[str] = []  # noqa: RUF012 - replaced per instance, never mutated
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()

@@ -106,6 +106,9 @@ def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` o
             for source, target in LINKS.items():
                 if source in data_params and target in model_params:
                     parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="parse")
+            # the number of classes is known once the datamodule exists (image_folder counts folders)
+            if "num_classes" in model_params and hasattr(self.datamodule_class, "num_classes"):
+                parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config

@@ -1,0 +1,1 @@
+"""Layers shared by several families: the diffusion U-Net, embeddings, attention."""

@@ -1,0 +1,170 @@
+"""A diffusion U-Net (Ho et al. 2020; Dhariwal & Nichol 2021), small enough for a CPU.
+
+The shape of diffusers' `UNet2DModel`: a sinusoidal timestep embedding, residual blocks with
+GroupNorm that add the embedding, self-attention at the lower resolutions, skip connections
+between the encoder and decoder halves. Class labels (with an extra "null" label for
+classifier-free guidance) are embedded and added to the timestep embedding. `ldm` extends this
+with cross-attention to text.
+
+    net = UNet(in_channels=1, base_channels=32, channel_mults=(1, 2, 2), attention_levels=(1, 2), num_classes=10)
+    out = net(x_t, t, label)        # t: (B,) float or long timesteps; label: (B,) long, num_classes = null
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, [cos | sin] as in diffusers' flip_sin_to_cos."""
+    half = dim // 2
+    frequencies = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )
+    angles = t.float()[:, None] * frequencies[None]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return F.pad(embedding, (0, dim % 2))
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    # at least 4 channels a group, at most 32 groups (Wu & He 2018), and a divisor of the width
+    groups = min(32, max(1, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = _norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.embed = nn.Linear(embed_dim, out_channels)
+        self.norm2, self.conv2 = _norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable deep training
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.embed(F.silu(embedding))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, channels: int, num_heads: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height = x.shape[-2]
+        q, k, v = rearrange(
+            self.qkv(self.norm(x)), "b (three h d) y x -> three b h (y x) d", three=3, h=self.num_heads
+        )
+        attended = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(rearrange(attended, "b h (y x) d -> b (h d) y x", y=height))
+
+
+class UNet(nn.Module):
+    """Noise-prediction U-Net over (B, C, H, W); see the module docstring."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        base_channels: int = 64,
+        channel_mults: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_levels: tuple[int, ...] = (2,),
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        embed_dim = 4 * base_channels
+        self.base_channels = base_channels
+        self.num_classes = num_classes
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base_channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
+        )
+        # label num_classes is the "no label" of classifier-free guidance
+        self.label_embedding = nn.Embedding(num_classes + 1, embed_dim) if num_classes > 0 else None
+
+        widths = [base_channels * m for m in channel_mults]
+        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        skips = [widths[0]]
+        channels = widths[0]
+        for level, width in enumerate(widths):
+            for _ in range(num_res_blocks):
+                blocks = nn.ModuleList([ResBlock(channels, width, embed_dim, dropout)])
+                if level in attention_levels:
+                    blocks.append(SelfAttention(width, num_heads))
+                self.down.append(blocks)
+                channels = width
+                skips.append(channels)
+            if level < len(widths) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(channels, channels, 3, stride=2, padding=1)]))
+                skips.append(channels)
+
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(channels, channels, embed_dim, dropout),
+                SelfAttention(channels, num_heads),
+                ResBlock(channels, channels, embed_dim, dropout),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level, width in reversed(list(enumerate(widths))):
+            for i in range(num_res_blocks + 1):
+                blocks = nn.ModuleList([ResBlock(channels + skips.pop(), width, embed_dim, dropout)])
+                channels = width
+                if level in attention_levels:
+                    blocks.append(SelfAttention(width, num_heads))
+                if level > 0 and i == num_res_blocks:
+                    blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                    blocks.append(nn.Conv2d(channels, channels, 3, padding=1))
+                self.up.append(blocks)
+        self.norm_out = _norm(channels)
+        self.conv_out = nn.Conv2d(channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(len(x))
+        embedding = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if self.label_embedding is not None:
+            if label is None:  # unconditional: the null label
+                label = torch.full((len(x),), self.num_classes, device=x.device, dtype=torch.long)
+            embedding = embedding + self.label_embedding(label)
+        h = self.conv_in(x)
+        hs = [h]
+        for blocks in self.down:
+            h = self._run(blocks, h, embedding)
+            hs.append(h)
+        h = self._run(self.mid, h, embedding)
+        for blocks in self.up:
+            h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), embedding)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    @staticmethod
+    def _run(blocks: nn.ModuleList, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            h = block(h, embedding) if isinstance(block, ResBlock) else block(h)
+        return h
