@@ -57,6 +57,23 @@ def default_config(model_name: str, model_class: type) -> Path | None:
     return None
 
 
+def recipes(model_name: str) -> list[str]:
+    """Names of the recipes shipped for a family (`configs/<name>/<recipe>.yaml`)."""
+    folder = resources.files("zoo.configs") / model_name
+    return (
+        sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+    )
+
+
+def recipe_config(model_name: str, recipe: str) -> Path:
+    path = resources.files("zoo.configs") / model_name / f"{recipe}.yaml"
+    if not path.is_file():
+        raise UsageError(
+            f"model '{model_name}' has no recipe '{recipe}'; its recipes: {', '.join(recipes(model_name)) or '(none)'}"
+        )
+    return Path(str(path))
+
+
 def new_run_dir(model_name: str, root: str | Path = "runs") -> Path:
     """`runs/<model>/<timestamp>`; a cluster job's id instead, so every node agrees on it."""
     for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
@@ -154,6 +171,9 @@ def _pre_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--logger", choices=[*LOGGERS, "none"], help="logger (default wandb, offline without WANDB_API_KEY)"
     )
+    parser.add_argument(
+        "--recipe", help="a shipped recipe, configs/<model>/<recipe>.yaml, read after default.yaml"
+    )
     parser.add_argument("-h", "--help", action="store_true")
     return parser
 
@@ -210,6 +230,9 @@ def main(argv: Sequence[str] | None = None, *, run: bool = True) -> Any:
         except registry.RegistryError as err:
             raise UsageError(str(err)) from err
         check_modality(known.model, model_class, data_name, data_class)
+        extra_recipe = (
+            recipe_config(known.model, known.recipe) if known.recipe and known.recipe != "default" else None
+        )
     except UsageError as err:
         print(f"python -m zoo.fit: error: {err.message}", file=sys.stderr)
         raise
@@ -229,8 +252,9 @@ def main(argv: Sequence[str] | None = None, *, run: bool = True) -> Any:
 
     parser_kwargs: dict[str, Any] = {"prog": f"python -m zoo.fit --model {known.model}"}
     recipe = default_config(known.model, model_class)
-    if recipe is not None:
-        parser_kwargs["default_config_files"] = [str(recipe)]
+    config_files = [str(p) for p in (recipe, extra_recipe) if p is not None]
+    if config_files:
+        parser_kwargs["default_config_files"] = config_files
 
     cli_class = _make_cli_class()
     cli_class.model_name = known.model

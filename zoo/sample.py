@@ -40,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, help="DDIM eta")
     p.add_argument("--top-k", dest="top_k", type=int, help="top-k sampling")
     p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling")
+    p.add_argument("--init-image", dest="init_image", help="img2img / inpainting: the image to start from")
+    p.add_argument(
+        "--strength",
+        type=float,
+        help="img2img: how much of the noise process to run over --init-image (0..1)",
+    )
+    p.add_argument(
+        "--mask", help="inpainting: an image, white where to regenerate, black where to keep --init-image"
+    )
     return p
 
 
@@ -60,13 +69,44 @@ def _check_options(model: Any, options: dict[str, Any]) -> None:
     params = inspect.signature(model.generate).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    accepted = [n for n in params if n not in ("n", "condition", "generator")]
+
+    def flag(name: str) -> str:
+        return "--" + {"init": "init-image"}.get(name, name.replace("_", "-"))
+
+    accepted = [n for n in params if n not in ("n", "condition", "generator", "progress")]
     for name in options:
         if name not in params:
             raise SystemExit(
-                f"python -m zoo.sample: error: {type(model).__name__} does not take --{name.replace('_', '-')}; "
-                f"its sampling options: {', '.join('--' + a.replace('_', '-') for a in accepted) or '(none)'}"
+                f"python -m zoo.sample: error: {type(model).__name__} does not take {flag(name)}; "
+                f"its sampling options: {', '.join(flag(a) for a in accepted) or '(none)'}"
             )
+
+
+def _editing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """--init-image / --strength / --mask as tensors at the model's size: init, strength, mask."""
+    from zoo.io.images import load_image
+
+    options: dict[str, Any] = {}
+    if args.mask and not args.init_image:
+        raise SystemExit(
+            "python -m zoo.sample: error: --mask needs --init-image (the picture whose unmasked part is kept)"
+        )
+    if args.strength is not None and not args.init_image:
+        raise SystemExit("python -m zoo.sample: error: --strength needs --init-image")
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+        raise SystemExit(f"python -m zoo.sample: error: --strength must lie in [0, 1], got {args.strength}")
+    hparams = getattr(model, "hparams", {})
+    size, channels = hparams.get("image_size"), hparams.get("in_channels", 3)
+    try:
+        if args.init_image:
+            options["init"] = load_image(args.init_image, size, channels)
+        if args.mask:
+            options["mask"] = (load_image(args.mask, size, channels=1) > 0.5).float()
+    except ValueError as err:
+        raise SystemExit(f"python -m zoo.sample: error: {err}") from err
+    if args.strength is not None:
+        options["strength"] = args.strength
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -83,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     except CheckpointError as err:
         raise SystemExit(f"python -m zoo.sample: error: {err}") from err
     options = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
+    options |= _editing_options(args, model)
     _check_options(model, options)
     condition = _condition(args, args.num)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)

@@ -43,3 +43,25 @@ def save_images(images: torch.Tensor, directory: str | Path, start: int = 0) -> 
         save_image(image, path)
         paths.append(path)
     return paths
+
+
+def load_image(path: str | Path, size: int | None = None, channels: int = 3) -> torch.Tensor:
+    """An image file as a (1, C, H, W) float tensor in [0, 1], resized (bilinear) to `size` x `size`.
+
+    Raises ValueError naming the file when it is missing or cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import pil_to_tensor, resize
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image '{path}' does not exist")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"image '{path}' cannot be read ({err}); is it a PNG/JPEG file?") from err
+    tensor = pil_to_tensor(image).float().div(255)[None]
+    if size is not None and tuple(tensor.shape[-2:]) != (size, size):
+        tensor = resize(tensor, [size, size], antialias=True)
+    return tensor
