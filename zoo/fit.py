@@ -3,6 +3,7 @@
 `--model` and `--data` are registry names, resolved before LightningCLI sees the rest of the
 command line, which it then parses as its `fit` subcommand: `--config FILE`, `--print_config`,
 `--trainer.KEY V`, `--model.KEY V`, `--data.KEY V`, `--checkpoint.KEY V`, `--samples.KEY V`,
+`--metrics.KEY V` (in-training metrics, off by default),
 `--ckpt_path`, `--seed_everything`. The family's recipe `configs/<model>/default.yaml` is the
 first config file, so every flag overrides it. `sys.argv` is never edited: Lightning's DDP
 launcher starts the other ranks with the same command line.
@@ -106,7 +107,7 @@ def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` o
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
-    from zoo.callbacks import CheckpointOnException, SampleGrid
+    from zoo.callbacks import CheckpointOnException, MetricsCallback, SampleGrid
 
     class ZooCLI(LightningCLI):
         """LightningCLI with zoo's run folder, checkpointing and sample-grid defaults."""
@@ -118,6 +119,8 @@ def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` o
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
             parser.add_lightning_class_args(SampleGrid, "samples")
+            # off unless --metrics.every_n_steps N (> 0): e.g. --metrics.every_n_steps 500 --metrics.metrics fid,kid
+            parser.add_lightning_class_args(MetricsCallback, "metrics")
             model_params = _init_params(self.model_class)
             data_params = _init_params(self.datamodule_class)
             for source, target in LINKS.items():
@@ -148,6 +151,14 @@ def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` o
                         init_args.name = f"{self.model_name}/{Path(root).name}"
                     if not os.environ.get("WANDB_API_KEY"):
                         init_args.offline = True
+
+        def before_fit(self) -> None:
+            # A family may need work before its training proper: `ldm` trains its tokenizer and its first
+            # stage here (with their own progress bars), in the run folder, unless the run resumes.
+            prepare = getattr(self.model, "prepare_fit", None)
+            if callable(prepare):
+                config = self.config[self.subcommand] if self.subcommand else self.config
+                prepare(self.trainer, self.datamodule, ckpt_path=config.get("ckpt_path"))
 
         def instantiate_trainer(self, **kwargs: Any) -> Any:
             # Keep the weights of a run that fails (a NaN loss, Ctrl-C): <run>/checkpoints/on_exception.ckpt

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import lightning as L
 import numpy as np
 import torch
 
 from zoo import registry
+
+T = TypeVar("T")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -67,6 +69,24 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def build_module(cls: type[T], /, **kwargs: Any) -> T:
+    """`cls(**kwargs)` for a LightningModule built inside another one's `__init__` (ldm's frozen vae),
+    so that it records its own hyper-parameters. Two Lightning mechanisms would otherwise hand it the
+    outer module's: `save_hyperparameters()` collects the arguments of every `__init__` up the call
+    stack (meant for subclasses calling `super().__init__`; this function's frame ends that chain),
+    and LightningCLI passes the values it parsed through a context variable that stays set for the
+    whole `__init__` of the module it instantiates (reset here)."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without the mechanism needs no workaround
+        return cls(**kwargs)
+    token = _given_hyperparameters.set(None)
+    try:
+        return cls(**kwargs)
+    finally:
+        _given_hyperparameters.reset(token)
 
 
 class GenerativeModule(L.LightningModule):
@@ -125,6 +145,12 @@ class GenerativeModule(L.LightningModule):
             "modality": self.modality,
             "zoo_version": __version__,
         }
+        # the datamodule's registry name, so zoo.evaluate can rebuild the real data from
+        # checkpoint["datamodule_hyper_parameters"]
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            checkpoint["zoo"]["data"] = registry.name_of(type(datamodule), registry.DATAMODULE_GROUP)
+            checkpoint["zoo"]["data_class_path"] = f"{type(datamodule).__module__}:{type(datamodule).__qualname__}"
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

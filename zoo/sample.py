@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="samples generated at once (default 64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--prompt", nargs="+", help="text condition(s), for text-conditioned families")
+    p.add_argument(
+        "--negative-prompt",
+        dest="negative_prompt",
+        help="text-conditioned families: what to steer away from (replaces the empty prompt of guidance)",
+    )
     p.add_argument("--label", type=int, nargs="+", help="class label(s), for class-conditional families")
     p.add_argument("--sampler", help="sampler name, for families with several")
     p.add_argument("--steps", type=int, help="number of sampling steps")
@@ -49,7 +54,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mask", help="inpainting: an image, white where to regenerate, black where to keep --init-image"
     )
+    p.add_argument(
+        "--outpaint",
+        nargs="+",
+        metavar="SIDE=PX",
+        help="outpainting: extend --init-image, e.g. --outpaint left=16 top=8 (sides left, right, top, bottom)",
+    )
     return p
+
+
+def _outpaint(values: list[str]) -> dict[str, int]:
+    sides: dict[str, int] = {}
+    for value in values:
+        side, _, amount = value.partition("=")
+        if side not in ("left", "right", "top", "bottom") or not amount.isdigit():
+            raise SystemExit(
+                f"python -m zoo.sample: error: --outpaint takes SIDE=PIXELS with SIDE left, right, top or bottom "
+                f"(e.g. --outpaint left=16), got {value!r}"
+            )
+        sides[side] = int(amount)
+    return sides
 
 
 def _condition(args: argparse.Namespace, num: int) -> Any:
@@ -91,6 +115,8 @@ def _editing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         raise SystemExit(
             "python -m zoo.sample: error: --mask needs --init-image (the picture whose unmasked part is kept)"
         )
+    if args.outpaint and not args.init_image:
+        raise SystemExit("python -m zoo.sample: error: --outpaint needs --init-image (the picture to extend)")
     if args.strength is not None and not args.init_image:
         raise SystemExit("python -m zoo.sample: error: --strength needs --init-image")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
@@ -106,6 +132,10 @@ def _editing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         raise SystemExit(f"python -m zoo.sample: error: {err}") from err
     if args.strength is not None:
         options["strength"] = args.strength
+    if args.outpaint:
+        options["outpaint"] = _outpaint(args.outpaint)
+    if args.negative_prompt is not None:
+        options["negative_prompt"] = args.negative_prompt
     return options
 
 

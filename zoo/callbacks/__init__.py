@@ -1,6 +1,7 @@
 """Cross-cutting training concerns as Lightning callbacks."""
 
 from zoo.callbacks.exception import CheckpointOnException
+from zoo.callbacks.metrics import MetricsCallback
 from zoo.callbacks.samples import SampleGrid
 
-__all__ = ["CheckpointOnException", "SampleGrid"]
+__all__ = ["CheckpointOnException", "MetricsCallback", "SampleGrid"]

@@ -3,11 +3,15 @@
 The shape of diffusers' `UNet2DModel`: a sinusoidal timestep embedding, residual blocks with
 GroupNorm that add the embedding, self-attention at the lower resolutions, skip connections
 between the encoder and decoder halves. Class labels (with an extra "null" label for
-classifier-free guidance) are embedded and added to the timestep embedding. `ldm` extends this
-with cross-attention to text.
+classifier-free guidance) are embedded and added to the timestep embedding. With `context_dim`,
+every attention level (and the middle) also cross-attends to a sequence of context vectors (text
+token states, as in Rombach et al. 2022), and with `pooled_dim` a pooled context vector is added to
+the timestep embedding (as Imagen and SDXL add a pooled text embedding).
 
     net = UNet(in_channels=1, base_channels=32, channel_mults=(1, 2, 2), attention_levels=(1, 2), num_classes=10)
     out = net(x_t, t, label)        # t: (B,) float or long timesteps; label: (B,) long, num_classes = null
+    net = UNet(in_channels=4, context_dim=128, pooled_dim=128)
+    out = net(x_t, t, context=states, context_mask=mask, pooled=pooled)   # states (B, L, 128), mask (B, L) bool
 """
 
 from __future__ import annotations
@@ -78,6 +82,30 @@ class SelfAttention(nn.Module):
         return x + self.out(rearrange(attended, "b h (y x) d -> b (h d) y x", y=height))
 
 
+class CrossAttention(nn.Module):
+    """Queries from the feature map, keys and values from the context; padded context tokens are masked."""
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.norm = _norm(channels)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)  # starts as the identity, like every other block here
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, c, height, width = x.shape
+        q = rearrange(self.q(rearrange(self.norm(x), "b c y x -> b (y x) c")), "b n (h d) -> b h n d", h=self.num_heads)
+        k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
+        attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
+        attended = rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), "b h n d -> b n (h d)")
+        return x + rearrange(self.out(attended), "b (y x) c -> b c y x", y=height)
+
+
 class UNet(nn.Module):
     """Noise-prediction U-Net over (B, C, H, W); see the module docstring."""
 
@@ -92,6 +120,8 @@ class UNet(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.0,
         num_classes: int = 0,
+        context_dim: int | None = None,
+        pooled_dim: int | None = None,
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
@@ -103,6 +133,13 @@ class UNet(nn.Module):
         )
         # label num_classes is the "no label" of classifier-free guidance
         self.label_embedding = nn.Embedding(num_classes + 1, embed_dim) if num_classes > 0 else None
+        self.pooled_projection = nn.Linear(pooled_dim, embed_dim) if pooled_dim else None
+
+        def attention(width: int) -> list[nn.Module]:
+            blocks: list[nn.Module] = [SelfAttention(width, num_heads)]
+            if context_dim:
+                blocks.append(CrossAttention(width, context_dim, num_heads))
+            return blocks
 
         widths = [base_channels * m for m in channel_mults]
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
@@ -113,7 +150,7 @@ class UNet(nn.Module):
             for _ in range(num_res_blocks):
                 blocks = nn.ModuleList([ResBlock(channels, width, embed_dim, dropout)])
                 if level in attention_levels:
-                    blocks.append(SelfAttention(width, num_heads))
+                    blocks.extend(attention(width))
                 self.down.append(blocks)
                 channels = width
                 skips.append(channels)
@@ -124,7 +161,7 @@ class UNet(nn.Module):
         self.mid = nn.ModuleList(
             [
                 ResBlock(channels, channels, embed_dim, dropout),
-                SelfAttention(channels, num_heads),
+                *attention(channels),
                 ResBlock(channels, channels, embed_dim, dropout),
             ]
         )
@@ -135,7 +172,7 @@ class UNet(nn.Module):
                 blocks = nn.ModuleList([ResBlock(channels + skips.pop(), width, embed_dim, dropout)])
                 channels = width
                 if level in attention_levels:
-                    blocks.append(SelfAttention(width, num_heads))
+                    blocks.extend(attention(width))
                 if level > 0 and i == num_res_blocks:
                     blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
                     blocks.append(nn.Conv2d(channels, channels, 3, padding=1))
@@ -145,7 +182,15 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        label: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if t.ndim == 0:
             t = t.expand(len(x))
         embedding = self.time_mlp(timestep_embedding(t, self.base_channels))
@@ -153,18 +198,35 @@ class UNet(nn.Module):
             if label is None:  # unconditional: the null label
                 label = torch.full((len(x),), self.num_classes, device=x.device, dtype=torch.long)
             embedding = embedding + self.label_embedding(label)
+        if self.pooled_projection is not None:
+            if pooled is None:
+                raise ValueError("this U-Net was built with pooled_dim: pass pooled (B, pooled_dim)")
+            embedding = embedding + self.pooled_projection(pooled)
         h = self.conv_in(x)
         hs = [h]
         for blocks in self.down:
-            h = self._run(blocks, h, embedding)
+            h = self._run(blocks, h, embedding, context, context_mask)
             hs.append(h)
-        h = self._run(self.mid, h, embedding)
+        h = self._run(self.mid, h, embedding, context, context_mask)
         for blocks in self.up:
-            h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), embedding)
+            h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), embedding, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))
 
     @staticmethod
-    def _run(blocks: nn.ModuleList, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def _run(
+        blocks: nn.ModuleList,
+        h: torch.Tensor,
+        embedding: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         for block in blocks:
-            h = block(h, embedding) if isinstance(block, ResBlock) else block(h)
+            if isinstance(block, ResBlock):
+                h = block(h, embedding)
+            elif isinstance(block, CrossAttention):
+                if context is None:
+                    raise ValueError("this U-Net cross-attends to a context: pass context (B, L, context_dim)")
+                h = block(h, context, context_mask)
+            else:
+                h = block(h)
         return h

@@ -1,0 +1,399 @@
+"""GenEval-style prompt adherence on the `shapes` grammar (after Ghosh et al. 2023, "GenEval").
+
+A fixed set of prompts in four categories; a *judge* finds the objects in each generated image and
+decides whether the image shows what its prompt asked for:
+
+| category | prompts | an image is right when |
+|---|---|---|
+| `single_object` | "a red circle" (6 colours x 3 shapes) | exactly one object, of the asked colour and shape |
+| `two_objects` | "a red circle left of a blue square" | exactly two objects, the asked ones (colour and shape) |
+| `position` | the same prompts | ... and the first is left of / right of / above / below the second |
+| `counting` | "a red circle, a blue square and a green triangle" | exactly three objects, the asked ones |
+
+`colour` and `shape` (of single-object prompts, judged alone) are reported too; `overall` is the
+mean of the four categories, as GenEval averages its tasks.
+
+The judge is independent of any generator: a small fully convolutional network trained here on
+the `shapes` datamodule's *real* images and instance masks (one to three objects per image), which
+labels every pixel with a colour (or background) and a shape; objects are the connected regions of
+one colour, each with the majority shape of its pixels and its centroid. It never sees a generated
+image. Its own accuracy on real held-out scenes is measured when it is trained and stored with it
+(`ShapesJudge.held_out_accuracy`); it is cached like the feature extractors, in
+`$ZOO_CACHE/judges/` (default `~/.cache/zoo/judges/`).
+
+    judge = shapes_judge()                                   # trained on first use (~1 minute), then cached
+    objects = judge.detect(images)                           # images (B, 3, H, W) in [0, 1]
+    report = geneval(model, images_per_prompt=4)             # {"single_object": ..., "overall": ...}
+    python -m zoo.evaluate --ckpt runs/ldm/<run>/checkpoints/last.ckpt --metrics geneval
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from zoo import registry
+from zoo.metrics.extractors import cache_dir
+from zoo.metrics.registry import MetricContext, register_metric
+
+JUDGE_VERSION = "1"
+MIN_OBJECT_PIXELS = 6  # smaller same-colour regions are speckle, not objects
+CATEGORIES = ("single_object", "two_objects", "position", "counting")
+
+
+def _shapes_module() -> Any:
+    # zoo/ reaches a datamodule only through the registry; the grammar lives beside ShapesDataModule
+    return importlib.import_module(registry.get_datamodule_class("shapes").__module__)
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    color: int  # index into the shapes grammar's COLOR_NAMES
+    shape: int  # index into SHAPE_NAMES
+    cx: float
+    cy: float
+    pixels: int
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One evaluation prompt: its text, category and the objects asked for (colour, shape), in order."""
+
+    text: str
+    category: str
+    objects: tuple[tuple[int, int], ...]
+    relation: str | None = None  # two-object prompts: where the first object is relative to the second
+
+
+class JudgeNet(nn.Module):
+    """A small U-Net: per-pixel colour logits (background + colours) and shape logits (background + shapes)."""
+
+    def __init__(self, num_colors: int, num_shapes: int, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            )  # fmt: skip
+
+        self.enc1, self.enc2, self.enc3 = (
+            block(3, width),
+            block(width, 2 * width),
+            block(2 * width, 2 * width),
+        )
+        self.dec2, self.dec1 = block(4 * width, 2 * width), block(3 * width, width)
+        self.color_head = nn.Conv2d(width, num_colors + 1, 1)
+        self.shape_head = nn.Conv2d(width, num_shapes + 1, 1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e1 = self.enc1(images * 2 - 1)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([F.interpolate(e3, scale_factor=2.0), e2], 1))
+        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], 1))
+        return self.color_head(d1), self.shape_head(d1)
+
+
+class ShapesJudge:
+    """Finds the objects of shapes-style images; see the module docstring."""
+
+    def __init__(
+        self, net: JudgeNet, image_size: int, held_out_accuracy: dict[str, float] | None = None
+    ) -> None:
+        self.net = net.eval().requires_grad_(False)
+        self.image_size = image_size
+        self.held_out_accuracy = held_out_accuracy or {}
+        grammar = _shapes_module()
+        self.color_names, self.shape_names = tuple(grammar.COLOR_NAMES), tuple(grammar.SHAPE_NAMES)
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, batch_size: int = 256) -> list[list[DetectedObject]]:
+        """The objects in each image (B, 3, H, W) in [0, 1], largest first."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"the judge reads RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            images = F.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+            )
+        found: list[list[DetectedObject]] = []
+        for start in range(0, len(images), batch_size):
+            color_logits, shape_logits = self.net(images[start : start + batch_size].float().cpu())
+            colors = color_logits.argmax(1).numpy()
+            shape_probs = shape_logits[:, 1:].softmax(1).numpy()
+            for color_map, probs in zip(colors, shape_probs, strict=True):
+                objects = []
+                for color in range(1, color_logits.shape[1]):
+                    regions, count = ndimage.label(color_map == color)
+                    for region in range(1, count + 1):
+                        where = regions == region
+                        pixels = int(where.sum())
+                        if pixels < MIN_OBJECT_PIXELS:
+                            continue
+                        ys, xs = np.nonzero(where)
+                        shape = int(probs[:, where].sum(1).argmax())
+                        objects.append(
+                            DetectedObject(color - 1, shape, xs.mean() + 0.5, ys.mean() + 0.5, pixels)
+                        )
+                found.append(sorted(objects, key=lambda o: -o.pixels))
+        return found
+
+    def judge(self, spec: PromptSpec, objects: list[DetectedObject]) -> dict[str, bool]:
+        """Which of the prompt's requirements an image with `objects` meets."""
+        asked = sorted(spec.objects)
+        seen = sorted((o.color, o.shape) for o in objects)
+        verdict = {"correct": len(objects) == len(asked) and seen == asked}
+        if spec.category == "single_object" and objects:
+            verdict["colour"] = len(objects) == 1 and objects[0].color == asked[0][0]
+            verdict["shape"] = len(objects) == 1 and objects[0].shape == asked[0][1]
+        elif spec.category == "single_object":
+            verdict["colour"] = verdict["shape"] = False
+        if spec.category == "position":
+            ok = verdict["correct"] and len(set(spec.objects)) == 2
+            if ok:
+                first = next(o for o in objects if (o.color, o.shape) == spec.objects[0])
+                second = next(o for o in objects if (o.color, o.shape) == spec.objects[1])
+                ok = _shapes_module().relation((first.cx, first.cy), (second.cx, second.cy)) == spec.relation
+            verdict["correct"] = ok
+        return verdict
+
+
+# --- the prompts ----------------------------------------------------------------------------------
+
+
+def _phrase(color: str, shape: str) -> str:
+    words = f"{color} {shape}"
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+
+
+def geneval_prompts(seed: int = 0, pairs: int = 24, triples: int = 12) -> list[PromptSpec]:
+    """The fixed prompt set: every colour x shape alone, `pairs` two-object prompts (each of the four
+    relations equally often; each also a `position` prompt) and `triples` three-object prompts; the
+    objects of one prompt differ in colour (so the judge can tell them apart) and are drawn with `seed`."""
+    grammar = _shapes_module()
+    colors, shapes = grammar.COLOR_NAMES, grammar.SHAPE_NAMES
+    specs = [
+        PromptSpec(_phrase(colors[c], shapes[s]), "single_object", ((c, s),))
+        for c, s in itertools.product(range(len(colors)), range(len(shapes)))
+    ]
+    rng = np.random.default_rng(seed)
+    relations = ("left of", "right of", "above", "below")
+
+    def distinct(k: int) -> list[tuple[int, int]]:
+        chosen = rng.choice(len(colors), size=k, replace=False)
+        return [(int(c), int(rng.integers(len(shapes)))) for c in chosen]
+
+    for i in range(pairs):
+        (c1, s1), (c2, s2) = distinct(2)
+        relation = relations[i % len(relations)]
+        text = f"{_phrase(colors[c1], shapes[s1])} {relation} {_phrase(colors[c2], shapes[s2])}"
+        for category in ("two_objects", "position"):
+            specs.append(PromptSpec(text, category, ((c1, s1), (c2, s2)), relation))
+    for _ in range(triples):
+        objs = distinct(3)
+        phrases = [_phrase(colors[c], shapes[s]) for c, s in objs]
+        specs.append(PromptSpec(f"{phrases[0]}, {phrases[1]} and {phrases[2]}", "counting", tuple(objs)))
+    return specs
+
+
+# --- training and caching the judge ---------------------------------------------------------------
+
+
+def _pixel_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    masks = batch["instance_masks"] > 0.5  # (B, K, H, W)
+    colors = torch.zeros(masks.shape[0], *masks.shape[2:], dtype=torch.long)
+    shapes = torch.zeros_like(colors)
+    for k in range(masks.shape[1]):
+        present = (batch["colors"][:, k] >= 0)[:, None, None] & masks[:, k]
+        colors = torch.where(present, batch["colors"][:, k, None, None] + 1, colors)
+        shapes = torch.where(present, batch["shapes"][:, k, None, None] + 1, shapes)
+    return colors, shapes
+
+
+def _scenes(split: Any) -> list[list[tuple[int, int, float, float]]]:
+    out = []
+    for i in range(len(split)):
+        item = split[i]
+        masks = item["instance_masks"]
+        scene = []
+        for k in range(int(item["num_objects"])):
+            ys, xs = torch.nonzero(masks[k] > 0.5, as_tuple=True)
+            scene.append(
+                (
+                    int(item["colors"][k]),
+                    int(item["shapes"][k]),
+                    float(xs.float().mean()),
+                    float(ys.float().mean()),
+                )
+            )
+        out.append(scene)
+    return out
+
+
+def train_shapes_judge(
+    image_size: int = 32, num_train: int = 6000, num_test: int = 1000, epochs: int = 4, seed: int = 0
+) -> ShapesJudge:
+    """Train the judge on real `shapes` scenes of 1-3 objects and measure it on held-out real scenes."""
+    grammar = _shapes_module()
+    data = registry.get_datamodule_class("shapes")(
+        image_size=image_size, min_objects=1, max_objects=3, num_train=num_train, num_val=1, num_test=num_test,
+        batch_size=64, seed=seed + 1234,  # not the generators' default seed: other scenes than they train on
+    )  # fmt: skip
+    data.setup("fit")
+    train = data.train_set
+    images = torch.stack([train[i]["image"] for i in range(len(train))]).add(1).div(2)
+    items = [train[i] for i in range(len(train))]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("instance_masks", "colors", "shapes")}
+    color_targets, shape_targets = _pixel_targets(batch)
+
+    torch.manual_seed(seed)
+    net = JudgeNet(len(grammar.COLOR_NAMES), len(grammar.SHAPE_NAMES))
+    steps_per_epoch = len(images) // 64
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for step in range(steps_per_epoch):
+            index = order[step * 64 : (step + 1) * 64]
+            color_logits, shape_logits = net(images[index])
+            # shape is learnt on object pixels only: on the background it is fixed by the colour head
+            shape_loss = (
+                F.cross_entropy(shape_logits, shape_targets[index], ignore_index=0)
+                if (shape_targets[index] > 0).any()
+                else 0.0
+            )
+            loss = F.cross_entropy(color_logits, color_targets[index]) + shape_loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    judge = ShapesJudge(net, image_size)
+    judge.held_out_accuracy = judge_accuracy(judge, data.test_set)
+    return judge
+
+
+def judge_accuracy(judge: ShapesJudge, split: Any) -> dict[str, float]:
+    """Share of real scenes whose objects the judge gets exactly right (colour, shape, count), overall
+    and by number of objects, and share of two-object scenes whose relation it gets right."""
+    grammar = _shapes_module()
+    images = torch.stack([split[i]["image"] for i in range(len(split))]).add(1).div(2)
+    detected = judge.detect(images)
+    right: dict[int, list[bool]] = {}
+    relation_right = []
+    for scene, objects in zip(_scenes(split), detected, strict=True):
+        ok = sorted((c, s) for c, s, _, _ in scene) == sorted((o.color, o.shape) for o in objects)
+        right.setdefault(len(scene), []).append(ok)
+        if len(scene) == 2 and ok and len({c for c, *_ in scene}) == 2:
+            truth = grammar.relation(scene[0][2:], scene[1][2:])
+            first = next(o for o in objects if o.color == scene[0][0])
+            second = next(o for o in objects if o.color == scene[1][0])
+            relation_right.append(grammar.relation((first.cx, first.cy), (second.cx, second.cy)) == truth)
+    report = {"scenes": float(np.mean([v for vs in right.values() for v in vs]))}
+    report |= {f"{k}_objects": float(np.mean(v)) for k, v in sorted(right.items())}
+    if relation_right:
+        report["relation"] = float(np.mean(relation_right))
+    return report
+
+
+def judge_path(image_size: int) -> Path:
+    return cache_dir() / "judges" / f"shapes-{image_size}px-v{JUDGE_VERSION}.safetensors"
+
+
+def shapes_judge(image_size: int = 32, *, verbose: bool = True) -> ShapesJudge:
+    """The judge for `image_size` images: from the cache, else trained now (about a minute) and cached."""
+    from safetensors.torch import load_file, save_file
+
+    path = judge_path(image_size)
+    grammar = _shapes_module()
+    if path.exists():
+        net = JudgeNet(len(grammar.COLOR_NAMES), len(grammar.SHAPE_NAMES))
+        net.load_state_dict(load_file(str(path)))
+        accuracy = json.loads(path.with_suffix(".json").read_text())
+        return ShapesJudge(net, image_size, accuracy)
+    start = time.perf_counter()
+    judge = train_shapes_judge(image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(judge.net.state_dict(), str(tmp))
+    path.with_suffix(".json").write_text(json.dumps(judge.held_out_accuracy))
+    tmp.replace(path)
+    if verbose:
+        print(f"geneval: trained the shapes judge in {time.perf_counter() - start:.0f} s; held-out accuracy on "
+              f"real scenes {judge.held_out_accuracy}; cached in {path}")  # fmt: skip
+    return judge
+
+
+# --- the evaluation -------------------------------------------------------------------------------
+
+
+def score(
+    judge: ShapesJudge, specs: list[PromptSpec], images: torch.Tensor, images_per_prompt: int
+) -> dict[str, float]:
+    """Per-category accuracy of `images` (specs x images_per_prompt, prompt-major) and `overall`."""
+    detected = judge.detect(images)
+    results: dict[str, list[bool]] = {}
+    for i, objects in enumerate(detected):
+        spec = specs[i // images_per_prompt]
+        verdict = judge.judge(spec, objects)
+        results.setdefault(spec.category, []).append(verdict["correct"])
+        if spec.category == "single_object":
+            results.setdefault("colour", []).append(verdict["colour"])
+            results.setdefault("shape", []).append(verdict["shape"])
+    report = {name: float(np.mean(values)) for name, values in results.items()}
+    present = [report[c] for c in CATEGORIES if c in report]
+    report["overall"] = float(np.mean(present)) if present else float("nan")
+    return report
+
+
+def geneval(
+    model: Any,
+    *,
+    images_per_prompt: int = 4,
+    seed: int = 0,
+    batch_size: int = 64,
+    categories: tuple[str, ...] = CATEGORIES,
+    **sampling: Any,
+) -> dict[str, float]:
+    """Generate `images_per_prompt` images for each prompt with `model.generate` and score them."""
+    specs = [s for s in geneval_prompts() if s.category in categories]
+    # one generation per distinct text: two_objects and position prompts share their images
+    texts = list(dict.fromkeys(s.text for s in specs))
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [t for t in texts for _ in range(images_per_prompt)]
+    chunks = [
+        model.generate(
+            len(prompts[i : i + batch_size]),
+            condition=prompts[i : i + batch_size],
+            generator=generator,
+            **sampling,
+        )
+        for i in range(0, len(prompts), batch_size)
+    ]
+    by_text = dict(zip(texts, torch.cat(chunks).split(images_per_prompt), strict=True))
+    images = torch.cat([by_text[s.text] for s in specs])
+    judge = shapes_judge(int(images.shape[-1]))
+    return score(judge, specs, images, images_per_prompt)
+
+
+@register_metric("geneval", modalities=("image",), needs=("model",), higher_is_better=True)
+def geneval_metric(ctx: MetricContext) -> dict[str, float]:
+    """GenEval-style prompt adherence on the shapes grammar (text-to-image families)."""
+    options = {k: v for k, v in ctx.options.items() if k in ("sampler", "steps", "guidance")}
+    report = geneval(
+        ctx.model, images_per_prompt=int(ctx.options.get("geneval_images_per_prompt", 4)), seed=ctx.seed,
+        batch_size=ctx.batch_size, **options,
+    )  # fmt: skip
+    return {f"geneval_{k}" if k != "overall" else "geneval": v for k, v in report.items()}

@@ -1,0 +1,136 @@
+"""Text side of text-conditioned families (`clip`, `ldm`): a byte-level BPE tokenizer trained on the
+captions, and a small transformer text encoder built from timm's blocks.
+
+The tokenizer is trained with the `tokenizers` library (byte-level BPE, as GPT-2 and CLIP use), so
+any string encodes, including words never seen in training. It is saved *inside the checkpoint*
+(`CaptionTokenizer.to_str()`), never downloaded; the encoder's embedding table has a fixed
+`vocab_size`, so a model can be built before its tokenizer is trained.
+
+    tokenizer = CaptionTokenizer.train(["a red circle", "a blue square"], vocab_size=512)
+    ids, mask = tokenizer(["a red circle"], max_length=16)     # (1, 16) long, (1, 16) bool
+    encoder = TextEncoder(vocab_size=512, width=128, depth=2, heads=4, max_length=16)
+    states, pooled = encoder(ids, mask)                         # (1, 16, 128), (1, 128)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+
+
+class CaptionTokenizer:
+    """Byte-level BPE over captions; `<pad>` is id 0, and every encoding is `<bos> ... <eos>`."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.token_to_id(PAD)
+        self.bos_id = tokenizer.token_to_id(BOS)
+        self.eos_id = tokenizer.token_to_id(EOS)
+        if (self.pad_id, self.bos_id, self.eos_id) != (0, 1, 2):
+            raise ValueError("not a zoo caption tokenizer: <pad>, <bos>, <eos> must be ids 0, 1, 2")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 1024) -> CaptionTokenizer:
+        """Learn merges from `texts` (deterministic for the same set of texts, whatever their order)."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        corpus = sorted({t for t in texts if isinstance(t, str)})
+        if not corpus:
+            raise ValueError(
+                "no captions to train the tokenizer on: a text-conditioned family needs a datamodule "
+                "whose batches have a 'caption' key (shapes, digits, or image_folder with a captions file)"
+            )
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[PAD, BOS, EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(corpus, trainer=trainer)
+        if tokenizer.get_vocab_size() > vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, more than vocab_size {vocab_size}")
+        return cls(tokenizer)
+
+    def to_str(self) -> str:
+        return self.tokenizer.to_str()
+
+    @classmethod
+    def from_str(cls, text: str) -> CaptionTokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(text))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def __call__(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, max_length) and a mask (B, max_length), True at real tokens. Longer texts are
+        truncated (the `<eos>` is kept), shorter ones padded with `<pad>`."""
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = torch.full((len(texts), max_length), self.pad_id, dtype=torch.long)
+        for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+            tokens = [self.bos_id, *encoding.ids[: max_length - 2], self.eos_id]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        return ids, ids != self.pad_id
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i > 2])
+
+
+class TextEncoder(nn.Module):
+    """Token and position embeddings, `depth` pre-norm transformer blocks (timm), a final LayerNorm.
+
+    Returns the token states (B, L, width) that cross-attention reads, and a pooled embedding
+    (B, width): the mean of the states over real tokens. Padding is masked out of attention, so a
+    caption's encoding does not depend on how much padding its batch needed.
+    """
+
+    def __init__(
+        self, vocab_size: int = 1024, width: int = 128, depth: int = 2, heads: int = 4, max_length: int = 24
+    ) -> None:
+        super().__init__()
+        self.max_length = max_length
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Parameter(torch.zeros(1, max_length, width))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding, std=0.01)
+        self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if ids.shape[1] > self.max_length:
+            raise ValueError(f"{ids.shape[1]} tokens, more than the encoder's max_length {self.max_length}")
+        x = self.token_embedding(ids) + self.position_embedding[:, : ids.shape[1]]
+        # (B, 1, 1, L) boolean: every query may attend to the real tokens of its caption
+        attn_mask = mask[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask)
+        states = self.norm(x)
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return states, pooled
+
+
+def dataset_captions(dataset: Any, limit: int | None = None) -> list[str]:
+    """The captions of a zoo dataset, read without decoding images where the dataset allows it."""
+    data = getattr(dataset, "data", None)
+    if isinstance(data, dict) and "captions" in data:  # shapes keeps its captions as one list
+        captions = list(data["captions"])
+    else:
+        captions = []
+        for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
+            caption = dataset[i].get("caption")
+            if caption is not None:
+                captions.append(caption)
+    return captions[:limit] if limit is not None else captions
