@@ -18,15 +18,15 @@ from typing import Any
 import torch
 
 from zoo.diffusion import (
-    SAMPLERS,
     NoiseSchedule,
+    check_options,
     classifier_free_guidance,
     diffusion_loss,
     drop_condition,
     q_sample,
 )
 from zoo.diffusion import sample as run_sampler
-from zoo.module import GenerativeModule
+from zoo.module import GenerativeModule, adamw_with_warmup
 from zoo.nn.unet import UNet
 
 
@@ -62,10 +62,7 @@ class DDPM(GenerativeModule):
         guidance: float = 3.0,
     ) -> None:
         super().__init__()
-        if prediction not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction must be 'epsilon', 'v_prediction' or 'sample', got {prediction!r}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_options(prediction=prediction, sampler=sampler)
         if image_size % 2 ** (len(channel_mults) - 1):
             raise ValueError(
                 f"image_size {image_size} must be divisible by 2**{len(channel_mults) - 1} (channel_mults {channel_mults})"
@@ -125,12 +122,8 @@ class DDPM(GenerativeModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        warmup = max(1, self.hparams.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        hp = self.hparams
+        return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
 
     # --- sampling ---------------------------------------------------------------------------
 
@@ -168,8 +161,7 @@ class DDPM(GenerativeModule):
         """`n` images in [0, 1]. `condition`: class labels (one for all, or n); `init` (n or 1, C, H, W)
         in [0, 1] with `strength` for img2img; `mask` (1 = regenerate) with `init` for inpainting."""
         sampler = sampler or self.hparams.sampler
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_options(sampler=sampler)
         steps = steps or self.hparams.sampling_steps
         guidance = self.hparams.guidance if guidance is None else guidance
         labels = self._labels(condition, n)

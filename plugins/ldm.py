@@ -35,13 +35,18 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from zoo import registry
-from zoo.diffusion import SAMPLERS, NoiseSchedule, classifier_free_guidance, diffusion_loss, q_sample
-from zoo.diffusion import outpaint_canvas
+from zoo.diffusion import (
+    NoiseSchedule,
+    check_options,
+    classifier_free_guidance,
+    diffusion_loss,
+    outpaint_canvas,
+    q_sample,
+)
 from zoo.diffusion import sample as run_sampler
-from zoo.module import GenerativeModule, build_module
+from zoo.module import GenerativeModule, adamw_with_warmup, build_module
 from zoo.nn.text import CaptionTokenizer, TextEncoder, dataset_captions
 from zoo.nn.unet import UNet
 
@@ -69,6 +74,7 @@ class LDM(GenerativeModule):
 
     modality = "image"
     default_data = "shapes"
+    condition_key = "caption"  # zoo.evaluate generates for the real split's captions
 
     def __init__(
         self,
@@ -78,6 +84,7 @@ class LDM(GenerativeModule):
         first_stage_config: dict[str, Any] | None = None,
         first_stage_steps: int = 800,
         text_encoder: str | None = None,
+        text_encoder_config: dict[str, Any] | None = None,
         vocab_size: int = 1024,
         text_width: int = 128,
         text_depth: int = 2,
@@ -102,10 +109,7 @@ class LDM(GenerativeModule):
         guidance: float = 4.0,
     ) -> None:
         super().__init__()
-        if prediction not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction must be 'epsilon', 'v_prediction' or 'sample', got {prediction!r}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_options(prediction=prediction, sampler=sampler)
         if first_stage_config is None:
             first_stage_config = self._first_stage_config(first_stage, in_channels, image_size)
         # the first-stage config actually used goes into the checkpoint: the model rebuilds without the VAE file
@@ -129,11 +133,17 @@ class LDM(GenerativeModule):
 
         self.clip = None
         if text_encoder is not None:  # a frozen clip family's text encoder
-            from zoo.checkpoint import load_model
+            if text_encoder_config is None:  # first built: weights and config from the clip checkpoint
+                from zoo.checkpoint import load_model
 
-            self.clip = load_model(text_encoder)
+                self.clip = load_model(text_encoder)
+                self.hparams["text_encoder_config"] = {
+                    k: v for k, v in self.clip.hparams.items() if not k.startswith("_")
+                }
+            else:  # rebuilt from an ldm checkpoint, which holds the clip weights and tokenizer itself
+                self.clip = build_module(registry.get_model_class("clip"), **text_encoder_config)
             self.clip.requires_grad_(False)
-            context_dim = int(self.clip.text_states(["a"])[0].shape[-1])
+            context_dim = int(self.clip.hparams.text_width)  # text_states() gives (B, L, text_width)
             self.text_encoder = None
         else:
             self.text_encoder = TextEncoder(vocab_size, text_width, text_depth, text_heads, max_length)
@@ -186,7 +196,9 @@ class LDM(GenerativeModule):
         self.first_stage.load_state_dict(vae.state_dict())
         self.first_stage_ready.fill_(True)
 
-    def prepare_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule, ckpt_path: str | None) -> None:
+    def prepare_fit(
+        self, trainer: L.Trainer, datamodule: L.LightningDataModule, ckpt_path: str | None
+    ) -> None:
         """Called by `zoo.fit` before training: trains the tokenizer and, unless one was given (or the run
         resumes), the first stage, in `<run>/first_stage/`."""
         datamodule.setup("fit")
@@ -221,7 +233,9 @@ class LDM(GenerativeModule):
         vae = self.first_stage
         vae.requires_grad_(True)
         # a fresh copy of the datamodule, so the latent model's data order does not depend on stage 1
-        hparams = {k: v for k, v in (getattr(datamodule, "hparams", {}) or {}).items() if not k.startswith("_")}
+        hparams = {
+            k: v for k, v in (getattr(datamodule, "hparams", {}) or {}).items() if not k.startswith("_")
+        }
         data = type(datamodule)(**hparams) if hparams else datamodule
         on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
         device = trainer.strategy.root_device
@@ -308,7 +322,9 @@ class LDM(GenerativeModule):
         with torch.no_grad():
             # a posterior draw, as Stable Diffusion trains; validation uses the mean (no global draws)
             z0 = self.first_stage.encode_latents(images, sample=self.training and generator is None)
-        t = torch.randint(0, self.hparams.num_train_timesteps, (len(z0),), device=z0.device, generator=generator)
+        t = torch.randint(
+            0, self.hparams.num_train_timesteps, (len(z0),), device=z0.device, generator=generator
+        )
         noise = torch.randn(z0.shape, device=z0.device, generator=generator)
         out = self._unet(q_sample(z0, t, noise, self.schedule), t, self.encode_text(captions))
         return diffusion_loss(
@@ -333,16 +349,20 @@ class LDM(GenerativeModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
 
     def configure_optimizers(self) -> Any:
-        trainable = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith(("first_stage.", "clip."))]
-        optimizer = torch.optim.AdamW(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        warmup = max(1, self.hparams.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        trainable = [
+            p
+            for name, p in self.named_parameters()
+            if p.requires_grad and not name.startswith(("first_stage.", "clip."))
+        ]
+        hp = self.hparams
+        return adamw_with_warmup(trainable, hp.lr, hp.weight_decay, hp.warmup_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_str()
+        if self.clip is not None and self.clip.tokenizer is not None:
+            checkpoint["clip_tokenizer"] = self.clip.tokenizer.to_str()
         if self._preview_prompts:
             checkpoint["preview_prompts"] = list(self._preview_prompts)
 
@@ -350,6 +370,8 @@ class LDM(GenerativeModule):
         super().on_load_checkpoint(checkpoint)
         if "tokenizer" in checkpoint:
             self.tokenizer = CaptionTokenizer.from_str(checkpoint["tokenizer"])
+        if self.clip is not None and "clip_tokenizer" in checkpoint:
+            self.clip.tokenizer = CaptionTokenizer.from_str(checkpoint["clip_tokenizer"])
         self._preview_prompts = checkpoint.get("preview_prompts", self._preview_prompts)
 
     # --- sampling -----------------------------------------------------------------------------
@@ -397,8 +419,7 @@ class LDM(GenerativeModule):
           downsampling factor): extend the canvas and generate the new border.
         """
         sampler = sampler or self.hparams.sampler
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_options(sampler=sampler)
         steps = steps or self.hparams.sampling_steps
         guidance = self.hparams.guidance if guidance is None else guidance
         factor = self.first_stage.hparams.downsample_factor
@@ -409,9 +430,13 @@ class LDM(GenerativeModule):
                 raise ValueError("outpainting extends an image: pass init (--init-image) with outpaint")
             unknown = set(outpaint) - set(OUTPAINT_SIDES)
             if unknown:
-                raise ValueError(f"outpaint sides are {', '.join(OUTPAINT_SIDES)}; got {', '.join(sorted(unknown))}")
+                raise ValueError(
+                    f"outpaint sides are {', '.join(OUTPAINT_SIDES)}; got {', '.join(sorted(unknown))}"
+                )
             if any(v % factor or v < 0 for v in outpaint.values()):
-                raise ValueError(f"outpaint amounts must be non-negative multiples of {factor} pixels, got {outpaint}")
+                raise ValueError(
+                    f"outpaint amounts must be non-negative multiples of {factor} pixels, got {outpaint}"
+                )
             if mask is not None:
                 raise ValueError("give either mask (inpainting) or outpaint, not both")
             init, mask = outpaint_canvas(init.to(self.device, torch.float32), fill=0.0, **outpaint)

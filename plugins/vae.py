@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.module import GenerativeModule
+from zoo.module import GenerativeModule, adamw_with_warmup
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -224,12 +224,8 @@ class VAE(GenerativeModule):
             self.log("val/latent_scale", self.latent_scale, sync_dist=False, rank_zero_only=True)
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        warmup = max(1, self.hparams.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        hp = self.hparams
+        return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
 
     # --- generation -----------------------------------------------------------------------
 

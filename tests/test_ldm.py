@@ -62,7 +62,10 @@ def test_cli_trains_the_first_stage_then_the_latent_model(tiny_ldm_run):
     model = load_model(root / "checkpoints" / "last.ckpt")  # from the checkpoint alone
     assert bool(model.first_stage_ready)
     assert model.first_stage.hparams.base_channels == 8  # the first stage keeps its own hyper-parameters
-    assert model.tokenizer is not None and model.tokenizer.decode(model.tokenizer(["a red circle"], 8)[0][0].tolist()) == "a red circle"
+    assert (
+        model.tokenizer is not None
+        and model.tokenizer.decode(model.tokenizer(["a red circle"], 8)[0][0].tolist()) == "a red circle"
+    )
     # the latent scale was measured on data: 1 / std of the posterior means of validation images
     assert float(model.first_stage.latent_scale) != 1.0
 
@@ -174,7 +177,7 @@ def test_guidance_formula_with_a_negative_prompt(small_ldm):
                        steps=1, generator=torch.Generator().manual_seed(0))  # fmt: skip
     finally:
         del model._unet
-    (x, t, text, out), = seen["calls"]
+    ((x, t, text, out),) = seen["calls"]
     with torch.no_grad():
         neg = model._unet(x[:1], t[:1], model.encode_text(["a blue square"]))
         cond = model._unet(x[1:], t[1:], model.encode_text(["a red circle"]))
@@ -225,41 +228,59 @@ def _redness(images: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_prompts_steer_colour_and_negative_prompts_steer_away(tmp_path):
-    """Train a small ldm for ~1 minute on 16px shapes; the colour named in the prompt shows in the
-    samples, and naming red in the negative prompt makes unconditional samples less red."""
+    """Train a small ldm for ~1.5 minutes (one core) on 16px shapes; the colour named in the prompt shows
+    in the samples, and naming red in the negative prompt makes unconditional samples less red.
+    Measured on this CPU: redness 0.058 ("a red circle") vs -0.031 ("a blue circle"); unconditional
+    0.026, with the negative prompt "a red circle" -0.017."""
     L.seed_everything(0)
-    data = zoo.create_datamodule("shapes", image_size=16, num_train=2000, num_val=64, num_test=16, batch_size=32)
-    first = {"in_channels": 3, "image_size": 16, "latent_channels": 4, "downsample_factor": 4, "base_channels": 16}
+    data = zoo.create_datamodule(
+        "shapes", image_size=16, num_train=2000, num_val=64, num_test=16, batch_size=32
+    )
+    first = {
+        "in_channels": 3,
+        "image_size": 16,
+        "latent_channels": 4,
+        "downsample_factor": 4,
+        "base_channels": 16,
+    }
     model = LDM(
-        image_size=16, first_stage_config=first, first_stage_steps=150, vocab_size=300, text_width=64,
+        image_size=16, first_stage_config=first, first_stage_steps=300, vocab_size=300, text_width=64,
         text_depth=1, base_channels=32, num_res_blocks=1, lr=1e-3, warmup_steps=20, caption_dropout=0.2,
     )  # fmt: skip
     trainer = L.Trainer(
-        max_steps=350, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_steps=600, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
     )  # fmt: skip
     model.prepare_fit(trainer, data, ckpt_path=None)  # what zoo.fit does: tokenizer, then the first stage
     trainer.fit(model, data)
 
     def draw(prompt: str, **kw) -> torch.Tensor:
-        return model.generate(48, condition=prompt, generator=torch.Generator().manual_seed(1), steps=15, **kw)
+        return model.generate(
+            48, condition=prompt, generator=torch.Generator().manual_seed(1), steps=15, **kw
+        )
 
     red, blue = draw("a red circle"), draw("a blue circle")
-    assert _redness(red) > _redness(blue) + 0.02, (_redness(red), _redness(blue))
+    assert _redness(red) > _redness(blue) + 0.04, (_redness(red), _redness(blue))
     plain = draw("", guidance=3.0)
     away = draw("", guidance=3.0, negative_prompt="a red circle")
-    assert _redness(away) < _redness(plain) - 0.005, (_redness(away), _redness(plain))
+    assert _redness(away) < _redness(plain) - 0.015, (_redness(away), _redness(plain))
 
 
 # --- the prompt-adherence judge ------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_judge_is_accurate_on_real_held_out_scenes():
-    from zoo.metrics.geneval import geneval_prompts, score, train_shapes_judge
+@pytest.fixture(scope="module")
+def small_judge():
+    from zoo.metrics.geneval import train_shapes_judge
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    judge = train_shapes_judge(image_size=32, num_train=1500, num_test=300, epochs=3)
+    return train_shapes_judge(image_size=32, num_train=1500, num_test=300, epochs=3)
+
+
+@pytest.mark.slow
+def test_judge_is_accurate_on_real_held_out_scenes(small_judge):
+    from zoo.metrics.geneval import geneval_prompts, score
+
+    judge = small_judge
     assert judge.held_out_accuracy["1_objects"] >= 0.95, judge.held_out_accuracy
     assert judge.held_out_accuracy["scenes"] >= 0.95, judge.held_out_accuracy
     # scoring real renders of the prompts gives full marks; wrong colours give none
@@ -268,11 +289,77 @@ def test_judge_is_accurate_on_real_held_out_scenes():
     specs = [s for s in geneval_prompts() if s.category == "single_object"]
     chosen = []
     for spec in specs:
-        (color, shape), = spec.objects
-        index = next(i for i in range(len(data.train_set))
-                     if data.train_set[i]["colors"][0] == color and data.train_set[i]["shapes"][0] == shape)  # fmt: skip
+        ((color, shape),) = spec.objects
+        index = next(
+            i
+            for i in range(len(data.train_set))
+            if data.train_set[i]["colors"][0] == color and data.train_set[i]["shapes"][0] == shape
+        )
         chosen.append(data.train_set[index]["image"])
     images = (torch.stack(chosen) + 1) / 2
     assert score(judge, specs, images, 1)["single_object"] == 1.0
-    assert score(judge, specs, images.roll(1, dims=1), 1)["single_object"] == 0.0  # channels rolled: colours wrong
+    assert (
+        score(judge, specs, images.roll(1, dims=1), 1)["single_object"] == 0.0
+    )  # channels rolled: colours wrong
     assert np.isclose(score(judge, specs, images, 1)["colour"], 1.0)
+
+
+@pytest.mark.slow
+def test_evaluate_command_scores_prompt_adherence(tiny_ldm_run, small_judge, tmp_path, monkeypatch):
+    """`zoo.evaluate --metrics geneval` on an ldm checkpoint: every category is reported; an untrained
+    model (a few steps) does not pass for a good one."""
+    import json
+
+    import zoo.metrics.geneval as geneval_module
+    from zoo.evaluate import main as evaluate
+
+    monkeypatch.setattr(geneval_module, "shapes_judge", lambda size, **kw: small_judge)
+    out = tmp_path / "result.json"
+    evaluate(["--ckpt", str(tiny_ldm_run / "checkpoints" / "last.ckpt"), "--metrics", "geneval", "--steps", "2",
+              "--no-progress", "--out", str(out)])  # fmt: skip
+    values = {m["metric"]: m["value"] for m in json.loads(out.read_text())["metrics"]}
+    expected = {
+        "geneval",
+        "geneval_single_object",
+        "geneval_two_objects",
+        "geneval_position",
+        "geneval_counting",
+    }
+    assert expected <= set(values)
+    assert values["geneval"] < 0.5
+
+
+def test_text_encoder_from_a_clip_checkpoint_is_frozen_and_travels_with_the_ldm(tmp_path):
+    clip = zoo.create_model("clip", image_size=16)
+    clip.fit_tokenizer(["a red circle", "a blue square"])
+    clip_ckpt, ldm_ckpt = tmp_path / "clip.ckpt", tmp_path / "ldm.ckpt"
+    for module, path in ((clip, clip_ckpt),):
+        trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.strategy.connect(module)
+        trainer.save_checkpoint(path)
+    first = {
+        "in_channels": 3,
+        "image_size": 16,
+        "latent_channels": 4,
+        "downsample_factor": 4,
+        "base_channels": 8,
+    }
+    model = LDM(
+        image_size=16,
+        text_encoder=str(clip_ckpt),
+        first_stage_config=first,
+        base_channels=16,
+        num_res_blocks=1,
+    )
+    expected_states, _ = clip.text_states(["a red circle"])
+    torch.testing.assert_close(model.encode_text(["a red circle"])["states"], expected_states)
+    optimised = {
+        id(p) for group in model.configure_optimizers()["optimizer"].param_groups for p in group["params"]
+    }
+    assert not any(id(p) in optimised for p in model.clip.parameters())  # frozen, never stepped
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(ldm_ckpt)
+    clip_ckpt.unlink()  # the ldm checkpoint alone must be enough
+    reloaded = load_model(ldm_ckpt)
+    torch.testing.assert_close(reloaded.encode_text(["a red circle"])["states"], expected_states)

@@ -326,10 +326,11 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
             result["split"] = args.split
         options = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
         result["sampling"] = options
-        conditions = conditions_for(model, args.num, labels, captions, prompts)
+        fake = conditions = None
+        if "fake" in needs or "prompts" in needs:  # metrics that only need the model (geneval) bring their own
+            conditions = conditions_for(model, args.num, labels, captions, prompts)
         if prompts is None and conditions and isinstance(conditions[0], str):
             prompts = conditions
-        fake = None
         if "fake" in needs:
             fake = generate(
                 model, args.num, conditions=conditions, batch_size=args.batch_size, seed=args.seed,

@@ -89,6 +89,17 @@ def build_module(cls: type[T], /, **kwargs: Any) -> T:
         _given_hyperparameters.reset(token)
 
 
+def adamw_with_warmup(
+    parameters: Any, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0
+) -> dict[str, Any]:
+    """AdamW with a linear learning-rate warm-up over `warmup_steps`, stepped every batch, in the form
+    `configure_optimizers` returns (the families' common recipe)."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    warmup = max(1, warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class GenerativeModule(L.LightningModule):
     """Base class of every zoo model family (see the module docstring for the contract)."""
 
@@ -150,7 +161,9 @@ class GenerativeModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None:
             checkpoint["zoo"]["data"] = registry.name_of(type(datamodule), registry.DATAMODULE_GROUP)
-            checkpoint["zoo"]["data_class_path"] = f"{type(datamodule).__module__}:{type(datamodule).__qualname__}"
+            checkpoint["zoo"]["data_class_path"] = (
+                f"{type(datamodule).__module__}:{type(datamodule).__qualname__}"
+            )
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

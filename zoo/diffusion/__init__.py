@@ -3,7 +3,7 @@ as plain functions over a denoiser callable `denoiser(x_t, t) -> raw network out
 and samplers apart, as in diffusers and k-diffusion)."""
 
 from zoo.diffusion.editing import outpaint_canvas
-from zoo.diffusion.generate import sample
+from zoo.diffusion.generate import check_options, sample
 from zoo.diffusion.guidance import classifier_free_guidance, drop_condition, rescale_guidance
 from zoo.diffusion.parameterization import (
     convert_prediction,
@@ -32,6 +32,7 @@ from zoo.diffusion.training import (
 __all__ = [
     "SAMPLERS",
     "NoiseSchedule",
+    "check_options",
     "classifier_free_guidance",
     "convert_prediction",
     "cosine_betas",

@@ -11,7 +11,18 @@ from zoo.diffusion.parameterization import Prediction
 from zoo.diffusion.samplers import SAMPLERS, randn
 from zoo.diffusion.schedule import NoiseSchedule
 
-__all__ = ["sample"]
+__all__ = ["check_options", "sample"]
+
+
+def check_options(*, prediction: str | None = None, sampler: str | None = None) -> None:
+    """A ValueError naming the choices for an unknown prediction type or sampler (families check their
+    hyper-parameters and sampling options with it)."""
+    from zoo.diffusion.parameterization import PREDICTIONS
+
+    if prediction is not None and prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
 
 
 def sample(
@@ -52,8 +63,7 @@ def sample(
     Returns the final sample in the data's scale, no clipping. The generator draws x_T first, then the
     sampler's noise in order.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; known: {sorted(SAMPLERS)}")
+    check_options(sampler=sampler)
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     if mask is not None:

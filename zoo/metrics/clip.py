@@ -2,7 +2,8 @@
 
 Built on torchmetrics' `CLIPScore`, fed either by
 - a local Hugging Face CLIP folder (`CLIPModel` + `CLIPProcessor` saved with `save_pretrained`),
-  read with `local_files_only=True`, or
+  read with `local_files_only=True`, or a zoo `clip` (model or checkpoint), both through
+  `zoo.nn.clip_adapter`, or
 - any object with `encode_image(images (B, C, H, W) in [0, 1]) -> (B, D)` and
   `encode_text(texts: list[str]) -> (B, D)`, such as a checkpoint of the zoo `clip` family.
 
@@ -24,6 +25,7 @@ from torchmetrics.functional.multimodal.clip_score import _clip_score_update
 from torchmetrics.multimodal.clip_score import CLIPScore
 
 from zoo.metrics.registry import MetricContext, register_metric
+from zoo.nn.clip_adapter import clip_model_and_processor, is_zoo_clip
 
 
 class _EncoderModel(nn.Module):
@@ -56,20 +58,18 @@ class _EncoderProcessor:
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def load_hf_clip(folder: str | Path) -> tuple[Any, Any]:
-    """transformers' CLIPModel and CLIPProcessor from a local folder (no network)."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"'{folder}' is not a CLIP folder (no config.json): pass a folder written by "
-            "CLIPModel.save_pretrained + CLIPProcessor.save_pretrained, or a zoo clip checkpoint"
+def clip_pair(clip: str | Path | Any) -> tuple[Any, Any]:
+    """The (model, processor) pair torchmetrics' CLIPScore calls: a zoo `clip` (module or checkpoint) or a
+    local Hugging Face CLIP folder go through `zoo.nn.clip_adapter`; any other object with
+    `encode_image(images in [0, 1])` and `encode_text(texts)` through the small adapter above."""
+    if isinstance(clip, (str, Path)) or is_zoo_clip(clip):
+        return clip_model_and_processor(clip)
+    if not (hasattr(clip, "encode_image") and hasattr(clip, "encode_text")):
+        raise TypeError(
+            f"{type(clip).__name__} is not a CLIP encoder: it needs encode_image(images) and encode_text(texts)"
         )
-    return (
-        CLIPModel.from_pretrained(folder, local_files_only=True).eval(),
-        CLIPProcessor.from_pretrained(folder, local_files_only=True),
-    )
+    texts: list[str] = []
+    return _EncoderModel(clip, texts), _EncoderProcessor(texts)
 
 
 class ClipScore(CLIPScore):
@@ -80,19 +80,12 @@ class ClipScore(CLIPScore):
     """
 
     def __init__(self, clip: str | Path | Any, **kwargs: Any) -> None:
-        if isinstance(clip, (str, Path)):
-            pair = load_hf_clip(clip)
-        else:
-            if not (hasattr(clip, "encode_image") and hasattr(clip, "encode_text")):
-                raise TypeError(
-                    f"{type(clip).__name__} is not a CLIP encoder: it needs encode_image(images) and encode_text(texts)"
-                )
-            texts: list[str] = []
-            pair = (_EncoderModel(clip, texts), _EncoderProcessor(texts))
+        pair = clip_pair(clip)
         super().__init__(model_name_or_path=lambda: pair, **kwargs)
 
     def update(self, images: Tensor, captions: Sequence[str]) -> None:  # type: ignore[override]
-        pixels = (images.clamp(0, 1) * 255).round()
+        # uint8: what every processor (Hugging Face's, the zoo clip's, the adapter above) reads as 0..255
+        pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8)
         if pixels.shape[1] == 1:
             pixels = pixels.expand(-1, 3, -1, -1)
         score, n = _clip_score_update(list(pixels), list(captions), self.model, self.processor)

@@ -315,7 +315,7 @@ class InceptionExtractor(nn.Module):
     """torchmetrics' `NoTrainInceptionV3` (torch-fidelity's FID network) behind zoo's extractor interface.
 
     Images in [0, 1] (grey is repeated to RGB) are quantised to uint8 as the FID reference does, resized
-    to 299 x 299 inside the network; `forward` gives pool3 (2048), `logits` the 1008 unbiased logits.
+    to 299 x 299 inside the network with torch-fidelity's TF1-compatible bilinear resize; `forward` gives pool3 (2048), `logits` the 1008 unbiased logits.
     """
 
     def __init__(self, weights: str | Path | None = None) -> None:
@@ -338,10 +338,13 @@ class InceptionExtractor(nn.Module):
                 f"'{path}' is not an FID InceptionV3 state dict (no 'Mixed_7c.branch_pool.conv.weight'). {_where_to_put()}"
             )
         # torch-fidelity reads the file itself (checked above with weights_only=True first)
+        # antialias=False: torch-fidelity's TF1-compatible bilinear resize, the reference FID protocol
         self.net = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
+            name="inception-v3-compat",
+            features_list=["2048", "logits_unbiased"],
             feature_extractor_weights_path=str(path),
-        )  # fmt: skip
+            antialias=False,
+        )
         self.name = f"inception-v3-fid ({path.name})"
         self.num_features = 2048
         self.held_out_accuracy = float("nan")

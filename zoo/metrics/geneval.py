@@ -32,7 +32,9 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,10 +328,11 @@ def shapes_judge(image_size: int = 32, *, verbose: bool = True) -> ShapesJudge:
     start = time.perf_counter()
     judge = train_shapes_judge(image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # write-then-rename, the JSON first: a concurrent reader never sees a half-written judge
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     save_file(judge.net.state_dict(), str(tmp))
     path.with_suffix(".json").write_text(json.dumps(judge.held_out_accuracy))
-    tmp.replace(path)
+    os.replace(tmp, path)
     if verbose:
         print(f"geneval: trained the shapes judge in {time.perf_counter() - start:.0f} s; held-out accuracy on "
               f"real scenes {judge.held_out_accuracy}; cached in {path}")  # fmt: skip
@@ -359,30 +362,38 @@ def score(
 
 
 def geneval(
-    model: Any,
+    model: Any = None,
     *,
+    generate: Callable[[list[str]], torch.Tensor] | None = None,
     images_per_prompt: int = 4,
     seed: int = 0,
     batch_size: int = 64,
     categories: tuple[str, ...] = CATEGORIES,
     **sampling: Any,
 ) -> dict[str, float]:
-    """Generate `images_per_prompt` images for each prompt with `model.generate` and score them."""
+    """Generate `images_per_prompt` images for each prompt and score them.
+
+    Images come from `generate(prompts) -> images in [0, 1]` if given (zoo.evaluate passes its seeded,
+    batched generator), else from `model.generate` in batches of `batch_size` with a generator
+    seeded with `seed` and the `sampling` options."""
     specs = [s for s in geneval_prompts() if s.category in categories]
     # one generation per distinct text: two_objects and position prompts share their images
     texts = list(dict.fromkeys(s.text for s in specs))
-    generator = torch.Generator().manual_seed(seed)
     prompts = [t for t in texts for _ in range(images_per_prompt)]
-    chunks = [
-        model.generate(
-            len(prompts[i : i + batch_size]),
-            condition=prompts[i : i + batch_size],
-            generator=generator,
-            **sampling,
-        )
-        for i in range(0, len(prompts), batch_size)
-    ]
-    by_text = dict(zip(texts, torch.cat(chunks).split(images_per_prompt), strict=True))
+    if generate is None:
+        if model is None:
+            raise ValueError("geneval needs a model or a generate(prompts) function")
+        generator = torch.Generator().manual_seed(seed)
+
+        def generate(chunk_prompts: list[str]) -> torch.Tensor:
+            return torch.cat([
+                model.generate(len(chunk_prompts[i : i + batch_size]), condition=chunk_prompts[i : i + batch_size],
+                               generator=generator, **sampling)
+                for i in range(0, len(chunk_prompts), batch_size)
+            ])  # fmt: skip
+
+    images = generate(prompts).float().cpu()
+    by_text = dict(zip(texts, images.split(images_per_prompt), strict=True))
     images = torch.cat([by_text[s.text] for s in specs])
     judge = shapes_judge(int(images.shape[-1]))
     return score(judge, specs, images, images_per_prompt)
@@ -391,9 +402,7 @@ def geneval(
 @register_metric("geneval", modalities=("image",), needs=("model",), higher_is_better=True)
 def geneval_metric(ctx: MetricContext) -> dict[str, float]:
     """GenEval-style prompt adherence on the shapes grammar (text-to-image families)."""
-    options = {k: v for k, v in ctx.options.items() if k in ("sampler", "steps", "guidance")}
-    report = geneval(
-        ctx.model, images_per_prompt=int(ctx.options.get("geneval_images_per_prompt", 4)), seed=ctx.seed,
-        batch_size=ctx.batch_size, **options,
-    )  # fmt: skip
+    ctx.require("model", metric="geneval (prompt adherence needs a text-to-image checkpoint, --ckpt)")
+    per_prompt = int(ctx.options.get("geneval_images_per_prompt", 4))
+    report = geneval(generate=lambda prompts: ctx.generate(prompts), images_per_prompt=per_prompt)
     return {f"geneval_{k}" if k != "overall" else "geneval": v for k, v in report.items()}

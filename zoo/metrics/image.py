@@ -46,14 +46,38 @@ class FeatureIdentity(nn.Module):
         return x
 
 
-def fid_metric(num_features: int, **kwargs: Any) -> FrechetInceptionDistance:
+class FrechetDistance(FrechetInceptionDistance):
+    """torchmetrics' FID (its states, update and DDP reduction) with a faster, symmetric `compute`.
+
+    torchmetrics takes Tr((S_r S_f)^(1/2)) from the eigenvalues of the non-symmetric S_r S_f
+    (`torch.linalg.eigvals`); here it is Tr((A S_f A)^(1/2)) with A = S_r^(1/2), the same value from two
+    symmetric eigendecompositions (`eigh`), several times faster at D = 2048 and never complex.
+    """
+
+    def compute(self) -> Tensor:
+        n_r, n_f = self.real_features_num_samples, self.fake_features_num_samples
+        if n_r < 2 or n_f < 2:
+            raise RuntimeError("FID needs at least two real and two generated samples")
+        mean_r = self.real_features_sum / n_r
+        mean_f = self.fake_features_sum / n_f
+        cov_r = (self.real_features_cov_sum - n_r * torch.outer(mean_r, mean_r)) / (n_r - 1)
+        cov_f = (self.fake_features_cov_sum - n_f * torch.outer(mean_f, mean_f)) / (n_f - 1)
+        values, vectors = torch.linalg.eigh(cov_r)
+        root_r = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+        middle = root_r @ cov_f @ root_r
+        trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+        fid = (mean_r - mean_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * trace_sqrt
+        return fid.to(getattr(self, "orig_dtype", torch.float64))
+
+
+def fid_metric(num_features: int, **kwargs: Any) -> FrechetDistance:
     """torchmetrics' FID over precomputed features (update(features, real=...)); syncs over DDP."""
-    return FrechetInceptionDistance(feature=FeatureIdentity(num_features), **kwargs)
+    return FrechetDistance(feature=FeatureIdentity(num_features), **kwargs)
 
 
 def frechet_distance(real: Tensor, fake: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature matrices (N, D):
-    |mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)), in float64 (torchmetrics' FID)."""
+    |mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)), in float64 (see FrechetDistance)."""
     _check_features(real, fake)
     metric = fid_metric(real.shape[1])
     metric.update(real.double(), real=True)

@@ -32,7 +32,13 @@ import torch
 
 NEEDS = ("real", "fake", "extractor", "model", "prompts", "clip")
 # The modules whose import registers zoo's own metrics (a family's metric module is added here).
-METRIC_MODULES: list[str] = ["zoo.metrics.image", "zoo.metrics.clip", "zoo.metrics.audio", "zoo.metrics.text"]
+METRIC_MODULES: list[str] = [
+    "zoo.metrics.image",
+    "zoo.metrics.clip",
+    "zoo.metrics.audio",
+    "zoo.metrics.text",
+    "zoo.metrics.geneval",
+]
 ENTRY_POINT_GROUP = "zoo.metrics"
 
 

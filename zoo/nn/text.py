@@ -57,7 +57,9 @@ class CaptionTokenizer:
         )
         tokenizer.train_from_iterator(corpus, trainer=trainer)
         if tokenizer.get_vocab_size() > vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, more than vocab_size {vocab_size}")
+            raise ValueError(
+                f"tokenizer has {tokenizer.get_vocab_size()} tokens, more than vocab_size {vocab_size}"
+            )
         return cls(tokenizer)
 
     def to_str(self) -> str:

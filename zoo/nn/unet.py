@@ -99,10 +99,14 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, c, height, width = x.shape
-        q = rearrange(self.q(rearrange(self.norm(x), "b c y x -> b (y x) c")), "b n (h d) -> b h n d", h=self.num_heads)
+        q = rearrange(
+            self.q(rearrange(self.norm(x), "b c y x -> b (y x) c")), "b n (h d) -> b h n d", h=self.num_heads
+        )
         k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
-        attended = rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), "b h n d -> b n (h d)")
+        attended = rearrange(
+            F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), "b h n d -> b n (h d)"
+        )
         return x + rearrange(self.out(attended), "b (y x) c -> b c y x", y=height)
 
 
@@ -225,7 +229,9 @@ class UNet(nn.Module):
                 h = block(h, embedding)
             elif isinstance(block, CrossAttention):
                 if context is None:
-                    raise ValueError("this U-Net cross-attends to a context: pass context (B, L, context_dim)")
+                    raise ValueError(
+                        "this U-Net cross-attends to a context: pass context (B, L, context_dim)"
+                    )
                 h = block(h, context, context_mask)
             else:
                 h = block(h)
