@@ -82,7 +82,7 @@ class LDM(GenerativeModule):
         image_size: int = 32,
         first_stage: str | None = None,
         first_stage_config: dict[str, Any] | None = None,
-        first_stage_steps: int = 800,
+        first_stage_steps: int = 1000,
         text_encoder: str | None = None,
         text_encoder_config: dict[str, Any] | None = None,
         vocab_size: int = 1024,
