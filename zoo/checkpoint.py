@@ -87,9 +87,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> An
     cls = model_class_of(checkpoint, path)
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    model = build_module(
-        cls, **hparams
-    )  # load_model may run inside another family's __init__ (ldm loads clip)
+    # build_module: load_model may run inside another family's __init__ (ldm loads a clip)
+    model = build_module(cls, **hparams)
     # the family's own extra state (a tokenizer, ...) before the weights, as Lightning orders it
     model.on_load_checkpoint(checkpoint)
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
