@@ -191,6 +191,40 @@ def caption_for(objects: list[ShapeObject]) -> str:
     return ", ".join(phrase(obj) for obj in objects[:-1]) + f" and {phrase(objects[-1])}"
 
 
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+
+
+def parse_caption(text: str) -> list[tuple[str, str, str]] | None:
+    """The objects of a caption of `caption_for`'s grammar as (size, colour, shape) triples, or None
+    when `text` is not a sentence of that grammar (a wrong article counts as not parsing). Sizes
+    are "small" or "large"; a lone object has no size word and parses as "large"."""
+    import re
+
+    phrase = rf"(an?) (small )?({'|'.join(COLOR_NAMES)}) ({'|'.join(SHAPE_NAMES)})"
+    pair = re.fullmatch(rf"({phrase}) (?:{'|'.join(RELATIONS)}) ({phrase})", text)
+    if pair:  # two objects: always joined by a relation
+        parts = [pair.group(1), pair.group(6)]
+    elif text.count(" and ") == 1:  # three or more: "A, B and C"
+        head, last = text.split(" and ")
+        parts = [*head.split(", "), last]
+        if len(parts) < 3:
+            return None
+    else:
+        parts = [text]
+    objects = []
+    for part in parts:
+        m = re.fullmatch(phrase, part)
+        if m is None:
+            return None
+        article, small, color, shape = m.groups()
+        if article != ("an" if (small or color)[0] in "aeiou" else "a"):
+            return None
+        if small and len(parts) == 1:  # a lone object is never called small
+            return None
+        objects.append(("small" if small else "large", color, shape))
+    return objects
+
+
 def render_shapes(
     num: int, *, image_size: int = 32, min_objects: int = 1, max_objects: int = 1, seed: int = 0
 ) -> dict[str, Any]:

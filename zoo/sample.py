@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SAMPLING_FLAGS = ("sampler", "steps", "guidance", "temperature", "eta", "top_k", "top_p")
+SAMPLING_FLAGS = (
+    "sampler", "steps", "guidance", "temperature", "eta", "top_k", "top_p", "truncation",
+    # text decoding (zoo.generation)
+    "min_p", "max_new_tokens", "min_new_tokens", "repetition_penalty", "no_repeat_ngram_size",
+    "frequency_penalty", "presence_penalty", "num_beams", "length_penalty", "early_stopping",
+    "stop", "min_prob",
+)  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +51,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, help="DDIM eta")
     p.add_argument("--top-k", dest="top_k", type=int, help="top-k sampling")
     p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling")
+    p.add_argument("--truncation", type=float, help="GANs: truncation psi (1 = none, 0 = the mean image)")
+    text = p.add_argument_group("text decoding (autoregressive families)")
+    text.add_argument("--min-p", dest="min_p", type=float, help="keep tokens with p >= min_p * p_max")
+    text.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="tokens to generate at most")
+    text.add_argument("--min-new-tokens", dest="min_new_tokens", type=int, help="no EOS before this many")
+    text.add_argument(
+        "--repetition-penalty", dest="repetition_penalty", type=float, help="CTRL-style penalty (> 1)"
+    )
+    text.add_argument(
+        "--no-repeat-ngram-size", dest="no_repeat_ngram_size", type=int, help="forbid repeated n-grams"
+    )
+    text.add_argument("--frequency-penalty", dest="frequency_penalty", type=float, help="OpenAI-style")
+    text.add_argument("--presence-penalty", dest="presence_penalty", type=float, help="OpenAI-style")
+    text.add_argument("--num-beams", dest="num_beams", type=int, help="beam search with this many beams")
+    text.add_argument("--length-penalty", dest="length_penalty", type=float, help="beam search alpha")
+    text.add_argument(
+        "--early-stopping", dest="early_stopping", action="store_true", default=None,
+        help="beam search: stop once num_beams hypotheses are finished",
+    )  # fmt: skip
+    text.add_argument("--stop", nargs="+", help="stop strings (e.g. --stop $'\\n\\n')")
+    text.add_argument(
+        "--min-prob", dest="min_prob", type=float, help="stop when the chosen token's probability is below"
+    )
     p.add_argument("--init-image", dest="init_image", help="img2img / inpainting: the image to start from")
     p.add_argument(
         "--strength",

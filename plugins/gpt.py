@@ -1,0 +1,428 @@
+"""`gpt`: a decoder-only transformer language model (Radford et al. 2019), nanoGPT-sized for a CPU.
+
+Token embeddings plus learned position embeddings (or rotary ones, `rope=True`, Su et al. 2021),
+pre-LayerNorm blocks of causal self-attention (`F.scaled_dot_product_attention`) and a tanh-GELU
+MLP, a final LayerNorm, and an output layer tied to the token embeddings. The layout and names
+follow GPT-2, so `load_gpt2_weights` can take the weights of a `transformers` GPT-2 (its Conv1D
+layers store weights transposed) and the two give the same logits.
+
+Training minimises next-token cross-entropy over windows of the datamodule's token stream;
+`val/loss` and `val/perplexity` are logged. `generate()` decodes with `zoo.generation`: a KV cache
+(prefill once, then one token a step), greedy (`temperature=0`), sampling with temperature / top-k /
+top-p / min-p, beam search, penalties and stopping rules. The tokenizer is saved in the checkpoint.
+
+    python -m zoo.fit --model gpt                                   # captions, a few minutes
+    python -m zoo.fit --model gpt --data python_source --recipe python_source
+    python -m zoo.sample --ckpt runs/gpt/<run>/checkpoints/last.ckpt --prompt "def " \\
+        --max-new-tokens 200 --top-p 0.9 --temperature 0.8 --stop "\\n\\n"
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from zoo.generation import KVCache, generate, left_pad, processors_for
+from zoo.module import GenerativeModule, adamw_with_warmup
+from zoo.tokenizers import TextTokenizer, tokenizer_from_state
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotate each (i, i + D/2) pair of x (B, H, T, D) by position * base^(-2i/D) (GPT-NeoX layout)."""
+    dim = x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
+    angles = positions[:, None, :, None].float() * inv_freq  # (B, 1, T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return (x * angles.cos() + rotate_half(x) * angles.sin()).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float, bias: bool, rope: bool) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"n_embd ({width}) must be a multiple of n_head ({heads})")
+        self.heads, self.dropout, self.rope = heads, dropout, rope
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rope:
+            q, k = rotary(q, positions), rotary(k, positions)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:  # no padding: plain causal attention (a single new query sees everything)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=t > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, 4 * width, bias=bias)
+        self.proj = nn.Linear(4 * width, width, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float, bias: bool, rope: bool, eps: float) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width, eps=eps, bias=bias)
+        self.attn = CausalSelfAttention(width, heads, dropout, bias, rope)
+        self.ln_2 = nn.LayerNorm(width, eps=eps, bias=bias)
+        self.mlp = MLP(width, dropout, bias)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Any, layer: int
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, positions, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+def attention_mask_for(attention_mask: torch.Tensor | None, new: int, total: int) -> torch.Tensor | None:
+    """The boolean (B, 1, new, total) mask of `new` queries (the last positions) over `total` keys, or
+    None when nothing is padded (then causal attention needs no mask). Every query may see itself,
+    so a padding query never has an empty row (which would give NaNs)."""
+    if attention_mask is None or bool(attention_mask[:, :total].all()):
+        return None if new == total or new == 1 else _causal(new, total, attention_mask)
+    return _causal(new, total, attention_mask) & attention_mask[:, None, None, :total] | _diagonal(
+        new, total, attention_mask.device
+    )
+
+
+def _causal(new: int, total: int, like: torch.Tensor | None) -> torch.Tensor:
+    device = like.device if like is not None else None
+    return torch.ones(new, total, dtype=torch.bool, device=device).tril(diagonal=total - new)
+
+
+def _diagonal(new: int, total: int, device: torch.device) -> torch.Tensor:
+    return torch.eye(new, total, dtype=torch.bool, device=device).roll(total - new, dims=1)
+
+
+class Transformer(nn.Module):
+    """The network: `forward(ids, cache=, position_ids=, attention_mask=) -> logits`, the callable
+    contract of `zoo.generation`."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        rope: bool = False,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.block_size, self.rope = block_size, rope
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = None if rope else nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(n_embd, n_head, dropout, bias, rope, layer_norm_eps) for _ in range(n_layer)
+        )
+        self.ln_f = nn.LayerNorm(n_embd, eps=layer_norm_eps, bias=bias)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017), as GPT-2
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        past = cache.length if cache is not None else 0
+        new = ids.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(past, past + new, device=ids.device).expand(ids.shape[0], new)
+        if self.wpe is not None and int(position_ids.max()) >= self.block_size:
+            raise ValueError(
+                f"position {int(position_ids.max())} is beyond the model's context of {self.block_size} tokens "
+                "(block_size): use a shorter prompt or fewer new tokens"
+            )
+        x = self.wte(ids)
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        x = self.drop(x)
+        mask = attention_mask_for(
+            attention_mask.bool() if attention_mask is not None else None, new, past + new
+        )
+        for layer, block in enumerate(self.blocks):
+            x = block(x, mask, position_ids, cache, layer)
+        if cache is not None:
+            cache.advance(new)
+        return self.lm_head(self.ln_f(x))
+
+
+def load_gpt2_weights(network: Transformer, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy a `transformers` GPT2LMHeadModel state dict into `network` (same sizes). GPT-2's Conv1D
+    layers keep weights as (in, out), the transpose of nn.Linear's."""
+    sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
+    mapped = {"wte.weight": sd["wte.weight"], "wpe.weight": sd["wpe.weight"]}
+    for i in range(len(network.blocks)):
+        h = f"h.{i}."
+        for ours, theirs, transpose in (
+            ("ln_1", "ln_1", False), ("ln_2", "ln_2", False), ("attn.qkv", "attn.c_attn", True),
+            ("attn.proj", "attn.c_proj", True), ("mlp.fc", "mlp.c_fc", True), ("mlp.proj", "mlp.c_proj", True),
+        ):  # fmt: skip
+            mapped[f"blocks.{i}.{ours}.weight"] = (
+                sd[h + theirs + ".weight"].t() if transpose else sd[h + theirs + ".weight"]
+            )
+            mapped[f"blocks.{i}.{ours}.bias"] = sd[h + theirs + ".bias"]
+    mapped["ln_f.weight"], mapped["ln_f.bias"] = sd["ln_f.weight"], sd["ln_f.bias"]
+    mapped["lm_head.weight"] = sd["wte.weight"]
+    network.load_state_dict(mapped, strict=True)
+
+
+class GPT(GenerativeModule):
+    """Decoder-only language model; see the module docstring. `python -m zoo.fit --model gpt`."""
+
+    modality = "text"
+    default_data = "captions"
+
+    def __init__(
+        self,
+        vocab_size: int = 512,
+        block_size: int = 128,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 128,
+        dropout: float = 0.0,
+        bias: bool = True,
+        rope: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.network = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, rope)
+        self.tokenizer: TextTokenizer | None = None
+        self.val_nll = MeanMetric()
+
+    # --- tokenizer: from the datamodule, kept in the checkpoint ------------------------------
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            if tokenizer.vocab_size > self.hparams.vocab_size:
+                raise ValueError(
+                    f"the data's tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                    f"{self.hparams.vocab_size}: zoo.fit sets it from the data; when building GPT by hand pass "
+                    "vocab_size=datamodule.vocab_size"
+                )
+            self.tokenizer = tokenizer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.tokenizer is not None:
+            checkpoint["tokenizer"] = self.tokenizer.to_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "tokenizer" in checkpoint:
+            self.tokenizer = tokenizer_from_state(checkpoint["tokenizer"])
+
+    # --- training -----------------------------------------------------------------------------
+
+    def forward(self, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.network(ids, **kwargs)
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        tokens = batch["tokens"]
+        logits = self.network(tokens[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["tokens"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss = self._loss(batch)
+        self.val_nll.update(loss, weight=batch["tokens"][:, 1:].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        nll = self.val_nll.compute()
+        self.val_nll.reset()
+        self.log("val/loss", nll, prog_bar=True, sync_dist=False)
+        self.log("val/perplexity", nll.exp())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # nanoGPT's split: weight decay on matrices (and embeddings), not on biases and LayerNorm gains
+        decay = [p for p in self.network.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.network.parameters() if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        config = adamw_with_warmup(
+            groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps
+        )
+        for group in config["optimizer"].param_groups:
+            group["betas"] = tuple(self.hparams.betas)
+        return config
+
+    # --- likelihood and generation ------------------------------------------------------------
+
+    def _require_tokenizer(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise ValueError(
+                "this GPT has no tokenizer: train it with zoo.fit (the data's tokenizer is saved in the "
+                "checkpoint) or set model.tokenizer"
+            )
+        return self.tokenizer
+
+    @torch.no_grad()
+    def negative_log_likelihood(self, texts: Sequence[str]) -> tuple[float, int]:
+        """Total NLL (nats) of `texts` and the number of tokens scored: each text is scored after the
+        separator and with the separator that ends it, in windows of at most block_size tokens."""
+        tokenizer = self._require_tokenizer()
+        total, count = 0.0, 0
+        was_training = self.training
+        self.eval()
+        for text in texts:
+            ids = torch.tensor(
+                [tokenizer.eos_id, *tokenizer.encode(text), tokenizer.eos_id], device=self.device
+            )
+            for start in range(0, len(ids) - 1, self.hparams.block_size):
+                window = ids[start : start + self.hparams.block_size + 1]
+                logits = self.network(window[None, :-1])[0].float()
+                total += float(F.cross_entropy(logits, window[1:], reduction="sum"))
+                count += len(window) - 1
+        self.train(was_training)
+        return total, count
+
+    def generate(
+        self,
+        n: int,
+        *,
+        condition: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        min_new_tokens: int | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        early_stopping: bool | str = False,
+        stop: Sequence[str] | None = None,
+        min_prob: float | None = None,
+        use_cache: bool = True,
+    ) -> list[str]:
+        """`n` texts, each its prompt (`condition[i]`, or nothing) followed by the generated text, cut
+        before the end-of-text token or a stop string. `temperature=0` is greedy decoding; the
+        family's defaults (hyper-parameters) apply to options left at None."""
+        tokenizer = self._require_tokenizer()
+        prompts = [""] * n if condition is None else [str(c) for c in condition]
+        if len(prompts) != n:
+            raise ValueError(f"got {len(prompts)} prompts for {n} samples")
+        hp = self.hparams
+        max_new_tokens = hp.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temperature = hp.temperature if temperature is None else temperature
+        top_k = hp.top_k if top_k is None else top_k
+        top_p = hp.top_p if top_p is None else top_p
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+        encoded = [[tokenizer.eos_id, *tokenizer.encode(p)] for p in prompts]
+        longest = max(len(e) for e in encoded)
+        if not hp.rope and longest + max_new_tokens > hp.block_size:
+            raise ValueError(
+                f"the prompt ({longest} tokens with the start token) plus max_new_tokens ({max_new_tokens}) exceeds "
+                f"the model's context of {hp.block_size} tokens: lower --max-new-tokens to {hp.block_size - longest}"
+            )
+        ids, mask = left_pad(encoded, pad_id=tokenizer.eos_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        do_sample = temperature > 0 and num_beams <= 1
+        processors = processors_for(
+            prompt_length=ids.shape[1], eos_ids=[tokenizer.eos_id], temperature=temperature, top_k=top_k,
+            top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, min_new_tokens=min_new_tokens, sampling=do_sample,
+        )  # fmt: skip
+        stop_strings = [s for s in (stop or []) if s]
+        options: dict[str, Any] = {
+            "eos_ids": [tokenizer.eos_id],
+            "pad_id": tokenizer.eos_id,
+            "use_cache": use_cache,
+        }
+        if num_beams > 1:
+            options |= {"length_penalty": length_penalty, "early_stopping": early_stopping}
+            if stop_strings or min_prob is not None:
+                raise ValueError(
+                    "stop strings and --min-prob work with greedy decoding and sampling, not beam search"
+                )
+        else:
+            options |= {
+                "stop_strings": stop_strings,
+                "decode": tokenizer.decode,
+                "min_prob": min_prob,
+                "generator": generator,
+            }
+        out = generate(
+            self.network, ids, mask, max_new_tokens=max_new_tokens, processors=processors,
+            do_sample=do_sample, num_beams=num_beams, **options,
+        )  # fmt: skip
+        texts = []
+        for prompt, row in zip(prompts, out[:, ids.shape[1] :].tolist(), strict=True):
+            if tokenizer.eos_id in row:
+                row = row[: row.index(tokenizer.eos_id)]
+            completion = tokenizer.decode(row)
+            for s in stop_strings:
+                completion = completion.split(s, 1)[0]
+            texts.append(prompt + completion)
+        return texts
