@@ -50,7 +50,7 @@ class TextDataModule(ZooDataModule):
     def __init__(
         self,
         tokenizer: str = "bpe",
-        vocab_size: int = 512,
+        bpe_vocab_size: int = 512,
         block_size: int = 128,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -62,7 +62,7 @@ class TextDataModule(ZooDataModule):
         if block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
         self.tokenizer_kind = tokenizer
-        self.bpe_vocab_size = vocab_size
+        self.bpe_vocab_size = bpe_vocab_size
         self.block_size = block_size
 
     def _documents(self) -> dict[str, list[str]]:
@@ -129,13 +129,13 @@ class CaptionsDataModule(TextDataModule):
         num_val: int = 1000,
         num_test: int = 1000,
         tokenizer: str = "char",
-        vocab_size: int = 512,
+        bpe_vocab_size: int = 512,
         block_size: int = 64,
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(tokenizer, vocab_size, block_size, batch_size, num_workers, seed)
+        super().__init__(tokenizer, bpe_vocab_size, block_size, batch_size, num_workers, seed)
         self.save_hyperparameters()
         if not 1 <= min_objects <= max_objects:
             raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
@@ -200,13 +200,13 @@ class PythonSourceDataModule(TextDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         tokenizer: str = "bpe",
-        vocab_size: int = 2048,
+        bpe_vocab_size: int = 2048,
         block_size: int = 256,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(tokenizer, vocab_size, block_size, batch_size, num_workers, seed)
+        super().__init__(tokenizer, bpe_vocab_size, block_size, batch_size, num_workers, seed)
         self.save_hyperparameters()
         self.root = Path(root) if root else Path(sysconfig.get_paths()["stdlib"])
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -246,13 +246,13 @@ class TextFileDataModule(TextDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         tokenizer: str = "bpe",
-        vocab_size: int = 1024,
+        bpe_vocab_size: int = 1024,
         block_size: int = 128,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(tokenizer, vocab_size, block_size, batch_size, num_workers, seed)
+        super().__init__(tokenizer, bpe_vocab_size, block_size, batch_size, num_workers, seed)
         self.save_hyperparameters()
         if not path:
             raise ValueError("text_file needs a file or folder: --data.path book.txt")

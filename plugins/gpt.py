@@ -216,6 +216,16 @@ def load_gpt2_weights(network: Transformer, state_dict: dict[str, torch.Tensor])
     network.load_state_dict(mapped, strict=True)
 
 
+class _VocabularyLimit:
+    """Forbid ids >= `size` (a model built with more embedding rows than its tokenizer has tokens)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return torch.cat([scores[:, : self.size], torch.full_like(scores[:, self.size :], float("-inf"))], dim=1)
+
+
 class GPT(GenerativeModule):
     """Decoder-only language model; see the module docstring. `python -m zoo.fit --model gpt`."""
 
@@ -394,6 +404,8 @@ class GPT(GenerativeModule):
             no_repeat_ngram_size=no_repeat_ngram_size, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, min_new_tokens=min_new_tokens, sampling=do_sample,
         )  # fmt: skip
+        if hp.vocab_size > tokenizer.vocab_size:  # ids the tokenizer cannot decode are never drawn
+            processors.insert(0, _VocabularyLimit(tokenizer.vocab_size))
         stop_strings = [s for s in (stop or []) if s]
         options: dict[str, Any] = {
             "eos_ids": [tokenizer.eos_id],

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 PROG = "python -m zoo.evaluate"
-SAMPLING_FLAGS = ("sampler", "steps", "guidance", "temperature", "eta", "top_k", "top_p")
+SAMPLING_FLAGS = ("sampler", "steps", "guidance", "temperature", "eta", "top_k", "top_p", "min_p", "max_new_tokens")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float)
     s.add_argument("--top-k", dest="top_k", type=int)
     s.add_argument("--top-p", dest="top_p", type=float)
+    s.add_argument("--min-p", dest="min_p", type=float)
+    s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="text families")
     return p
 
 
@@ -128,9 +130,14 @@ def data_of_checkpoint(checkpoint: dict[str, Any], model: Any) -> tuple[str, dic
 def real_images(
     datamodule: Any, split: str, num: int, seed: int
 ) -> tuple[Any, list[Any] | None, list[Any] | None]:
-    """Up to `num` images of a split (a seeded random subset) in [0, 1], with their labels and captions."""
+    """Up to `num` images of a split (a seeded random subset) in [0, 1], with their labels and captions
+    (for a text datamodule: up to `num` of the split's documents)."""
     import torch
 
+    if getattr(datamodule, "modality", "image") == "text":  # text corpora: the split's documents
+        texts = datamodule.texts(split)
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:num].sort().values
+        return [texts[i] for i in order.tolist()], None, None
     datamodule.setup("fit")
     dataset = getattr(datamodule, f"{split}_set")
     if dataset is None:

@@ -36,7 +36,7 @@ LOGGERS = {
     "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger",
 }
 # data attribute -> model argument, linked when both exist, so a model sizes itself to its data
-LINKS = {"channels": "in_channels", "image_size": "image_size"}
+LINKS = {"channels": "in_channels", "image_size": "image_size", "block_size": "block_size"}
 
 
 class UsageError(SystemExit):
@@ -129,6 +129,9 @@ def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` o
             # the number of classes is known once the datamodule exists (image_folder counts folders)
             if "num_classes" in model_params and hasattr(self.datamodule_class, "num_classes"):
                 parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            # a text model's vocabulary is its data's tokenizer's, known once the datamodule exists
+            if "vocab_size" in model_params and hasattr(self.datamodule_class, "vocab_size"):
+                parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config

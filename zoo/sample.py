@@ -181,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         model = load_model(args.ckpt, map_location=args.device)
     except CheckpointError as err:
         raise SystemExit(f"python -m zoo.sample: error: {err}") from err
+    if args.stop:  # "\\n\\n" typed in a shell means two newlines
+        args.stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]
     options = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
     options |= _editing_options(args, model)
     _check_options(model, options)

@@ -62,7 +62,8 @@ class CharTokenizer:
         return [self.index.get(c, self.unk_id) for c in text]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self.chars[i - 2] if i >= 2 else ("" if i == self.eos_id else "\ufffd") for i in ids)
+        size = len(self.chars) + 2
+        return "".join(self.chars[i - 2] if 2 <= i < size else ("" if i == self.eos_id else "\ufffd") for i in ids)
 
     def to_state(self) -> dict[str, Any]:
         return {"kind": self.kind, "chars": "".join(self.chars)}

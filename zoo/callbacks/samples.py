@@ -1,4 +1,5 @@
-"""Sample logging: a PNG grid of each family's `previews()` every N steps, to disk and to the logger."""
+"""Sample logging: a PNG grid of each family's `previews()` every N steps, to disk and to the logger
+(text families: their samples as a text file and a logged table)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ class SampleGrid(L.Callback):
         if step == self._last_step or self.num_samples <= 0 or not hasattr(pl_module, "previews"):
             return
         self._last_step = step
+        if getattr(pl_module, "modality", "image") == "text":
+            self._write_text(trainer, pl_module, step)
+            return
         batch = self._batch
         if batch is not None:
             batch = {
@@ -79,6 +83,20 @@ class SampleGrid(L.Callback):
             path = save_grid(images, root / f"{name}_step{step:06d}.png")
             self.written.append(path)
             self._log(trainer, f"samples/{name}", images, step)
+
+    def _write_text(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        texts = pl_module.generate(self.num_samples, generator=generator)
+        path = Path(trainer.default_root_dir) / "samples" / f"samples_step{step:06d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+        self.written.append(path)
+        for logger in trainer.loggers:
+            name = type(logger).__name__
+            if name == "WandbLogger":
+                logger.log_text(key="samples/text", columns=["step", "sample"], data=[[step, t] for t in texts])
+            elif name == "TensorBoardLogger":
+                logger.experiment.add_text("samples/text", "\n\n".join(texts), global_step=step)
 
     @staticmethod
     def _log(trainer: L.Trainer, key: str, images: torch.Tensor, step: int) -> None:

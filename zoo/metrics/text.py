@@ -108,3 +108,62 @@ def _self_bleu(ctx: MetricContext) -> dict[str, float]:
     """Self-BLEU-4 of the generated texts (lower is more diverse)."""
     ctx.require("fake", metric="self_bleu")
     return {"self_bleu": self_bleu(ctx.fake, int(ctx.options.get("bleu_n", 4)))}
+
+
+@register_metric("perplexity", modalities=("text",), needs=("model", "real"), higher_is_better=False)
+def _perplexity(ctx: MetricContext) -> dict[str, float]:
+    """Perplexity of the model on the real split's documents (exp of the mean NLL per token)."""
+    ctx.require("real", metric="perplexity")
+    score = getattr(ctx.model, "negative_log_likelihood", None)
+    if score is None:
+        raise ValueError(
+            f"perplexity needs a language model with negative_log_likelihood(texts); got {type(ctx.model).__name__}"
+        )
+    total, count = score(list(ctx.real))
+    return {"perplexity": perplexity_from_nll(total, count), "nll_per_token": total / count}
+
+
+def _shapes_grammar():  # noqa: ANN202 - the datamodule module, found through the registry
+    import importlib
+
+    from zoo import registry
+
+    return importlib.import_module(registry.get_datamodule_class("shapes").__module__)
+
+
+def attribute_distance(texts: Sequence[str], reference: Sequence[str]) -> dict[str, float]:
+    """Total-variation distances between the colour, shape and object-count frequencies of the
+    sentences in `texts` that parse and those of `reference` (0 = the same distribution)."""
+    parse = _shapes_grammar().parse_caption
+
+    def frequencies(sentences: Sequence[str]) -> dict[str, Counter[str]]:
+        counts: dict[str, Counter[str]] = {"color": Counter(), "shape": Counter(), "count": Counter()}
+        for sentence in sentences:
+            objects = parse(sentence)
+            if objects:
+                counts["count"][str(len(objects))] += 1
+                for _, color, shape in objects:
+                    counts["color"][color] += 1
+                    counts["shape"][shape] += 1
+        return counts
+
+    ours, theirs = frequencies(texts), frequencies(reference)
+    out = {}
+    for key in ours:
+        a, b = sum(ours[key].values()), sum(theirs[key].values())
+        keys = set(ours[key]) | set(theirs[key])
+        out[key] = 0.5 * sum(abs(ours[key][k] / max(a, 1) - theirs[key][k] / max(b, 1)) for k in keys)
+    return out
+
+
+@register_metric("grammar", modalities=("text",), needs=("fake", "real"), higher_is_better=True)
+def _grammar(ctx: MetricContext) -> dict[str, float]:
+    """Fraction of generated texts that are sentences of the `shapes` caption grammar, and (given the
+    real split) total-variation distances of their colour / shape / object-count frequencies."""
+    ctx.require("fake", metric="grammar")
+    parse = _shapes_grammar().parse_caption
+    texts = [t.strip() for t in ctx.fake]
+    out = {"grammar_parse_rate": sum(parse(t) is not None for t in texts) / max(len(texts), 1)}
+    if ctx.real is not None and len(ctx.real) and isinstance(ctx.real[0], str):
+        out |= {f"grammar_tv_{k}": v for k, v in attribute_distance(texts, list(ctx.real)).items()}
+    return out
