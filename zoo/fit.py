@@ -36,7 +36,12 @@ LOGGERS = {
     "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger",
 }
 # data attribute -> model argument, linked when both exist, so a model sizes itself to its data
-LINKS = {"channels": "in_channels", "image_size": "image_size", "block_size": "block_size"}
+LINKS = {
+    "channels": "in_channels",
+    "image_size": "image_size",
+    "block_size": "block_size",
+    "sample_rate": "sample_rate",
+}
 
 
 class UsageError(SystemExit):

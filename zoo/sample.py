@@ -1,7 +1,8 @@
 """`python -m zoo.sample --ckpt PATH --num N --out DIR [--seed S] [options]`: samples from a checkpoint.
 
 Any family is rebuilt from its checkpoint alone. Images are written one PNG each plus
-`grid.png`; text families write `samples.txt`. The same checkpoint, seed and batch size give the
+`grid.png`; text families write `samples.txt`; audio families one WAV file per sample
+(`000000.wav`, ...) at the model's `sample_rate`. The same checkpoint, seed and batch size give the
 same samples. Sampling options (`--sampler`, `--steps`, `--guidance`, `--temperature`, ...) are
 passed to the family's `generate()` only when given; a family that does not take one says so.
 """
@@ -203,11 +204,15 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             chunks.append(samples)
         elif model.modality == "text":
             chunks += list(samples)
+        elif model.modality == "audio":  # one WAV per sample at the model's rate
+            from zoo.io.audio import save_wavs
+
+            written += save_wavs(samples, out, int(model.sample_rate), start=start)
         else:
             raise SystemExit(f"python -m zoo.sample: error: no writer for {model.modality} samples yet")
     if model.modality == "image":
         written.append(save_grid(torch.cat(chunks), out / "grid.png"))
-    else:
+    elif model.modality == "text":
         out.mkdir(parents=True, exist_ok=True)
         path = out / "samples.txt"
         path.write_text("\n\n".join(chunks) + "\n", encoding="utf-8")
