@@ -261,17 +261,13 @@ def test_stft_l1_by_hand_with_numpy_fft():
     assert ours == pytest.approx(expected, rel=1e-6)
 
 
-def test_mel_filterbank_matches_torchaudio_slaney():
-    torchaudio = pytest.importorskip("torchaudio")
-    from zoo.metrics.audio import mel_filterbank
+def test_mel_l1_is_the_shared_front_ends_log_mel_distance():
+    from zoo.audio import log_mel
 
-    ours = mel_filterbank(513, 22050, 80, 0.0, 8000.0)
-    theirs = torchaudio.functional.melscale_fbanks(
-        513, 0.0, 8000.0, 80, 22050, norm="slaney", mel_scale="slaney"
-    )
-    assert torch.allclose(ours, theirs, atol=1e-6)
-    x = torch.randn(1, 4000)
+    x, y = torch.randn(2, 4096), torch.randn(2, 4096)
     assert zm.mel_l1(x, x, 22050) == 0.0
+    expected = (log_mel(x, 22050) - log_mel(y, 22050)).abs().mean()
+    assert zm.mel_l1(x, y, 22050) == pytest.approx(float(expected), rel=1e-6)
 
 
 # --- registry ----------------------------------------------------------------------------------

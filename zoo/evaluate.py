@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 PROG = "python -m zoo.evaluate"
-SAMPLING_FLAGS = ("sampler", "steps", "guidance", "temperature", "eta", "top_k", "top_p", "min_p", "max_new_tokens")
+SAMPLING_FLAGS = (
+    "sampler", "steps", "guidance", "temperature", "eta", "top_k", "top_p", "min_p", "max_new_tokens", "truncation",
+)  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", dest="top_k", type=int)
     s.add_argument("--top-p", dest="top_p", type=float)
     s.add_argument("--min-p", dest="min_p", type=float)
+    s.add_argument("--truncation", type=float, help="GANs: truncation psi (1 = none, 0 = the mean image)")
     s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="text families")
     return p
 

@@ -1,15 +1,13 @@
 """Audio metrics that need no learned extractor: multi-resolution STFT and mel L1, SI-SNR, and the
 Fréchet distance on audio features (FAD-style, once an audio extractor exists).
 
-Waveforms are float (B, S) in [-1, 1]. Spectrograms use `torch.stft` with a periodic Hann window,
-centred frames and reflect padding (torchaudio's `Spectrogram` defaults); the mel filterbank is
-Slaney's (slaney mel scale, slaney area normalisation, as librosa and HiFi-GAN). torchaudio is not
-a dependency: its releases trail torch's, and the test suite checks these against it when present.
+Waveforms are float (B, S) in [-1, 1]. The multi-resolution STFT uses `torch.stft` with a periodic
+Hann window, centred frames and reflect padding (torchaudio's `Spectrogram` defaults); mel
+spectrograms come from the one front end every audio family shares, `zoo.audio.LogMel`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -40,51 +38,6 @@ def stft_magnitude(audio: Tensor, n_fft: int, hop_length: int, win_length: int |
     return spec.abs()
 
 
-def _hz_to_mel(f: Tensor) -> Tensor:
-    # Slaney: linear below 1 kHz (3 mels per 200 Hz), logarithmic above
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    logstep = math.log(6.4) / 27.0
-    mels = f / f_sp
-    return torch.where(f >= min_log_hz, min_log_hz / f_sp + torch.log(f / min_log_hz) / logstep, mels)
-
-
-def _mel_to_hz(m: Tensor) -> Tensor:
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
-    return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-
-def mel_filterbank(
-    n_freqs: int, sample_rate: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
-) -> Tensor:
-    """Triangular mel filters (n_freqs, n_mels), Slaney scale and area normalisation."""
-    f_max = f_max if f_max is not None else sample_rate / 2
-    freqs = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)
-    mel_points = torch.linspace(
-        float(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64))),
-        float(_hz_to_mel(torch.tensor(f_max, dtype=torch.float64))),
-        n_mels + 2,
-        dtype=torch.float64,
-    )
-    hz = _mel_to_hz(mel_points)
-    lower, centre, upper = hz[:-2], hz[1:-1], hz[2:]
-    rising = (freqs[:, None] - lower) / (centre - lower)
-    falling = (upper - freqs[:, None]) / (upper - centre)
-    filters = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    filters = filters * (2.0 / (upper - lower))  # equal area per filter
-    return filters.float()
-
-
-def mel_spectrogram(
-    audio: Tensor, sample_rate: int, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 80,
-    f_min: float = 0.0, f_max: float | None = None,
-) -> Tensor:  # fmt: skip
-    """Mel magnitude spectrogram (B, n_mels, frames) of waveforms (B, S)."""
-    magnitude = stft_magnitude(audio, n_fft, hop_length)
-    filters = mel_filterbank(n_fft // 2 + 1, sample_rate, n_mels, f_min, f_max).to(audio)
-    return torch.einsum("bft,fm->bmt", magnitude, filters)
-
-
 def _log_l1(a: Tensor, b: Tensor) -> Tensor:
     return (a.clamp_min(LOG_FLOOR).log() - b.clamp_min(LOG_FLOOR).log()).abs().mean()
 
@@ -99,11 +52,12 @@ def multi_resolution_stft_l1(
 
 
 def mel_l1(pred: Tensor, target: Tensor, sample_rate: int, **mel: float) -> float:
-    """L1 distance between log mel spectrograms (HiFi-GAN's mel loss: 80 mels, n_fft 1024, hop 256)."""
+    """L1 distance between log-mel spectrograms of the shared front end (`zoo.audio.log_mel`, HiFi-GAN's
+    conventions: 80 mels, n_fft 1024, hop 256), the quantity HiFi-GAN's mel loss weighs by 45."""
+    from zoo.audio import log_mel
+
     _check_pair(pred, target)
-    return float(
-        _log_l1(mel_spectrogram(pred, sample_rate, **mel), mel_spectrogram(target, sample_rate, **mel))
-    )
+    return float((log_mel(pred, sample_rate, **mel) - log_mel(target, sample_rate, **mel)).abs().mean())
 
 
 def si_snr(pred: Tensor, target: Tensor) -> float:
