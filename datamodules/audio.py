@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import warnings
@@ -21,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch.utils.data import Dataset, default_collate
 
+import zoo.audio.espeak as espeak_lib
 from zoo.data import ResumableDataLoader, ZooDataModule
 from zoo.io.audio import AudioFileError, audio_info, load_wav, pad_batch
 
@@ -369,11 +372,14 @@ class AudioFolderDataModule(AudioDataModule):
 # --- speech (espeak-ng) ----------------------------------------------------------------------------
 
 ESPEAK_INSTALL = (
-    "the `speech` datamodule synthesises its sentences with the espeak-ng program, which is not "
-    "installed (not on PATH). Install it: `sudo apt-get install espeak-ng` (Debian/Ubuntu), "
-    "`sudo dnf install espeak-ng` (Fedora), `brew install espeak-ng` (macOS); or train on "
-    "--data tones or --data audio_folder --data.root <LJSpeech folder>."
+    "the `speech` datamodule synthesises its sentences with espeak-ng, and neither the espeak-ng "
+    "program (on PATH) nor its library from the espeakng-loader wheel is available. The easiest fix: "
+    "`pip install espeakng-loader` (bundles libespeak-ng and its voices; no root needed). Or install "
+    "the program: `sudo apt-get install espeak-ng` (Debian/Ubuntu), `sudo dnf install espeak-ng` "
+    "(Fedora), `brew install espeak-ng` (macOS). Or train on --data tones or --data audio_folder "
+    "--data.root <LJSpeech folder>."
 )
+ESPEAK_BACKENDS = ("auto", "program", "library")
 # A small grammar: sentences a recogniser can score, with enough phonetic variety for a tiny TTS.
 SUBJECTS = (
     "the cat",
@@ -395,23 +401,57 @@ def speech_sentence(rng: np.random.Generator) -> str:
 
 
 def espeak_path() -> str:
+    """The `espeak-ng` program on PATH; an error with the install instructions if there is none."""
     path = shutil.which("espeak-ng")
     if path is None:
         raise RuntimeError(ESPEAK_INSTALL)
     return path
 
 
-def espeak_synthesise(text: str, voice: str, speed: int, path: Path) -> None:
-    """Speak `text` into the WAV file `path` (espeak-ng writes 22050 Hz mono)."""
+def espeak_backend(preference: str = "auto") -> str:
+    """Which espeak-ng makes the audio: "program" (the `espeak-ng` program on PATH, preferred) or
+    "library" (libespeak-ng from the espeakng-loader wheel, through ctypes). `preference` forces one;
+    an unavailable one is an error saying how to install it."""
+    if preference not in ESPEAK_BACKENDS:
+        raise ValueError(f"espeak backend must be one of {ESPEAK_BACKENDS}, got {preference!r}")
+    if preference in ("auto", "program") and shutil.which("espeak-ng") is not None:
+        return "program"
+    problem = ""
+    if preference in ("auto", "library") and espeak_lib.available():
+        try:
+            espeak_lib.engine()  # loads and initialises libespeak-ng once per process
+            return "library"
+        except RuntimeError as err:  # e.g. a wheel for another platform, or its data missing
+            problem = f" (the espeakng-loader wheel is installed but unusable: {err})"
+    raise RuntimeError(ESPEAK_INSTALL + problem)
+
+
+def espeak_synthesise(text: str, voice: str, speed: int, path: Path, backend: str = "program") -> None:
+    """Speak `text` into the WAV file `path` (espeak-ng speaks at 22050 Hz mono, 16 bit)."""
+    if backend == "library":
+        audio, rate = espeak_lib.synthesise(text, voice, speed)
+        sf.write(str(path), audio, rate, subtype="PCM_16", format="WAV")
+        return
     subprocess.run([espeak_path(), "-v", voice, "-s", str(speed), "-w", str(path), text],
                    check=True, capture_output=True)  # fmt: skip
 
 
-def espeak_phonemes(text: str, voice: str) -> str:
-    """espeak-ng's IPA transcription of `text`."""
+def espeak_phonemes(text: str, voice: str, backend: str = "program") -> str:
+    """espeak-ng's IPA transcription of `text` (clauses joined by single spaces)."""
+    if backend == "library":
+        return espeak_lib.phonemes(text, voice)
     result = subprocess.run([espeak_path(), "-q", "--ipa", "-v", voice, text],
                             check=True, capture_output=True, text=True)  # fmt: skip
     return " ".join(result.stdout.split())
+
+
+def espeak_version(backend: str = "program") -> str:
+    """The version of espeak-ng behind `backend` ("1.52.0"), recorded with every cached clip."""
+    if backend == "library":
+        return espeak_lib.version()
+    out = subprocess.run([espeak_path(), "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"text-to-speech:\s*(\S+)", out)
+    return match.group(1) if match else out.strip()
 
 
 class SpeechDataModule(AudioDataModule):
@@ -420,9 +460,11 @@ class SpeechDataModule(AudioDataModule):
     (`phonemes`) and the voice index (`label`).
 
     Every clip is synthesised once into `cache_dir` (default `~/.cache/zoo/speech`), keyed by a hash of
-    (text, voice, speed); later runs read the cache and need espeak-ng only for clips not yet made. A
-    missing espeak-ng is an error saying how to install it. Sentences are drawn per split from
-    independent streams of `seed`; voice and speed cycle over the clips.
+    (text, voice, speed); later runs read the cache and need espeak-ng only for clips not yet made.
+    espeak-ng is the `espeak-ng` program on PATH if there is one, else libespeak-ng from the
+    `espeakng-loader` wheel (`backend` forces either); with neither, an error says how to install it.
+    Each clip's metadata records the backend and espeak-ng version that made it. Sentences are drawn
+    per split from independent streams of `seed`; voice and speed cycle over the clips.
     """
 
     def __init__(
@@ -437,14 +479,18 @@ class SpeechDataModule(AudioDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        backend: str = "auto",
     ) -> None:
         super().__init__(sample_rate, batch_size, num_workers, seed)
         self.save_hyperparameters()
         if not voices or not speeds:
             raise ValueError("speech needs at least one voice and one speed")
+        if backend not in ESPEAK_BACKENDS:
+            raise ValueError(f"speech: backend must be one of {ESPEAK_BACKENDS}, got {backend!r}")
         self.voices, self.speeds = list(voices), [int(s) for s in speeds]
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "zoo" / "speech"
+        self.backend = backend
         self.class_names = list(self.voices)
         self.num_classes = len(self.voices)
 
@@ -467,15 +513,16 @@ class SpeechDataModule(AudioDataModule):
         ]
         if not missing:
             return
-        espeak_path()  # fail before making anything, with the install instructions
+        backend = espeak_backend(self.backend)  # fail before making anything, with the install instructions
+        made_by = {"backend": backend, "espeak_version": espeak_version(backend)}
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for clip in missing:
             partial = clip["path"].with_suffix(".part.wav")
-            espeak_synthesise(clip["text"], clip["voice"], clip["speed"], partial)
-            phonemes = espeak_phonemes(clip["text"], clip["voice"])
+            espeak_synthesise(clip["text"], clip["voice"], clip["speed"], partial, backend)
+            phonemes = espeak_phonemes(clip["text"], clip["voice"], backend)
             partial.replace(clip["path"])  # the clip counts as cached only once complete
-            clip["meta"].write_text(json.dumps({"text": clip["text"], "voice": clip["voice"],
-                                                "speed": clip["speed"], "phonemes": phonemes}))  # fmt: skip
+            clip["meta"].write_text(json.dumps({"text": clip["text"], "voice": clip["voice"], "speed": clip["speed"],
+                                                "phonemes": phonemes, **made_by}))  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -3,7 +3,12 @@ datamodules (`tones`, `audio_folder`, `speech`) and `zoo.sample`'s WAV output.""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -293,45 +298,194 @@ def test_audio_folder_errors_name_the_file(tmp_path: Path) -> None:
 
 
 # --- speech -----------------------------------------------------------------------------------------
+# Real espeak-ng: libespeak-ng from the espeakng-loader wheel (and the program where it is installed).
+
+HELLO = "The cat found a red box."
+LONGER = "The cat found a red box near the river this morning, and the old man opened the green door."
+
+
+def _speech_measures(audio: np.ndarray, sr: int) -> dict[str, float]:
+    """Listening proxies of a clip: `seconds` of sound (40 ms frames within 40 dB of the loudest),
+    `rms` over those frames (full scale 1), `peak`, and `f0`, the median pitch of the voiced frames
+    (normalised autocorrelation peak above 0.6 between 60 and 400 Hz) among the louder ones."""
+    x = audio.astype(np.float64) / (32768.0 if audio.dtype == np.int16 else 1.0)
+    frame, hop = int(0.04 * sr), int(0.01 * sr)
+    frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
+    rms = np.sqrt((frames**2).mean(axis=1))
+    active = rms > rms.max() * 0.01
+    lo, hi = int(sr / 400), int(sr / 60)
+    pitches = []
+    for f in frames[rms > 0.3 * rms.max()]:
+        f = f - f.mean()
+        spectrum = np.fft.rfft(f, 2 * frame)
+        ac = np.fft.irfft(np.abs(spectrum) ** 2)[:frame]
+        ac = ac / ac[0] / (1 - np.arange(frame) / frame)  # unbiased: long lags are not penalised
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.6:
+            pitches.append(sr / lag)
+    return {"seconds": float(active.sum() * hop / sr), "rms": float(np.sqrt((frames[active] ** 2).mean())),
+            "peak": float(np.abs(x).max()), "f0": float(np.median(pitches)) if pitches else 0.0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def espeak_library():
+    pytest.importorskip("espeakng_loader")
+    import zoo.audio.espeak as espeak
+
+    return espeak.engine()
+
+
+def test_speech_library_speaks_sentences_at_22050_hz(espeak_library) -> None:
+    lib = espeak_library
+    assert lib.sample_rate == 22050 and re.fullmatch(r"\d+\.\d+(\.\d+)?\S*", lib.version), lib.version
+    short, medium, longer = (lib.synthesise(text, "en-us", 175) for text in ("The cat.", HELLO, LONGER))
+    measures = [_speech_measures(clip, lib.sample_rate) for clip in (short, medium, longer)]
+    for clip, m in zip((short, medium, longer), measures, strict=True):
+        assert clip.dtype == np.int16 and clip.ndim == 1
+        assert 0.05 < m["rms"] and m["peak"] < 0.99, m  # clearly audible, not at full scale (clipped)
+        assert 70 < m["f0"] < 170, m  # the default (male) voice: espeak's base pitch is 82-118 Hz
+    # more words, more speech: 2 -> 6 -> 19 words
+    assert measures[0]["seconds"] < 0.6 * measures[1]["seconds"] < 0.6 * 0.5 * measures[2]["seconds"], (
+        measures
+    )
+    # 175 words a minute: 6 words take roughly 2 s, not 0.2 s or 10 s
+    assert 1.0 < len(medium) / lib.sample_rate < 4.0
+    # a higher speed is shorter: 300 vs 120 words a minute
+    slow, fast = (_speech_measures(lib.synthesise(HELLO, "en-us", s), lib.sample_rate) for s in (120, 300))
+    assert fast["seconds"] < 0.6 * slow["seconds"], (slow, fast)
+    assert slow["seconds"] > measures[1]["seconds"] > fast["seconds"]  # 120 > 175 > 300 words a minute
+    # the same request again: the same speech, up to the phase of espeak's pitch flutter (a static in
+    # wavegen.c that runs on across calls), so not bit-identical but within 1% in length and pitch
+    again = lib.synthesise(HELLO, "en-us", 175)
+    assert abs(len(again) - len(medium)) < 0.01 * len(medium)
+    assert abs(_speech_measures(again, lib.sample_rate)["f0"] - measures[1]["f0"]) < 0.03 * measures[1]["f0"]
+
+
+def test_speech_library_voices_sound_different(espeak_library) -> None:
+    lib = espeak_library
+    male, female, british = (lib.synthesise(HELLO, voice, 175) for voice in ("en-us", "en-us+f3", "en"))
+    m, f = _speech_measures(male, lib.sample_rate), _speech_measures(female, lib.sample_rate)
+    # the f3 variant's pitch range is 140-240 Hz, the default voice's 82-118 Hz
+    assert 140 < f["f0"] < 300 and f["f0"] > 1.3 * m["f0"], (m, f)
+    assert not np.array_equal(male, british)
+    n = min(len(male), len(british))
+    assert np.corrcoef(male[:n], british[:n])[0, 1] < 0.9
+    with pytest.raises(ValueError, match="no voice"):
+        lib.synthesise(HELLO, "zzz", 175)  # as espeak-ng -v zzz: no file, no language
+
+
+def test_speech_library_is_safe_to_call_from_threads(espeak_library) -> None:
+    """One global engine behind a lock: concurrent requests each get their own whole clip."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lib = espeak_library
+    jobs = [("The cat.", "en-us", 175), (LONGER, "en-us+f3", 150), (HELLO, "en", 300)] * 3
+    serial = [len(lib.synthesise(*job)) for job in jobs[:3]]
+    with ThreadPoolExecutor(4) as pool:
+        clips = list(pool.map(lambda job: lib.synthesise(*job), jobs))
+        ipa = list(pool.map(lambda job: lib.phonemes(job[0], job[1]), jobs))
+    for i, clip in enumerate(clips):
+        assert abs(len(clip) - serial[i % 3]) < 0.01 * serial[i % 3], (i, len(clip), serial)
+    assert ipa[0] == ipa[3] == ipa[6] and ipa[1] == ipa[4] and ipa[0] != ipa[1]
+
+
+def test_speech_library_ipa_matches_espeak(espeak_library) -> None:
+    """Expected IPA as espeak-ng prints it with --ipa (espeak-ng issues #323 and #1051)."""
+    lib = espeak_library
+    assert lib.phonemes("hello world", "en-us") == "həlˈoʊ wˈɜːld"
+    assert lib.phonemes("hello world", "en") == "həlˈəʊ wˈɜːld"
+    # several clauses: one per TextToPhonemes call, joined as the program's lines are
+    assert lib.phonemes("In the test. Of the words. Not a thing", "en") == "ɪnðə tˈɛst ɒvðə wˈɜːdz nˌɒtə θˈɪŋ"
+    # the same strings as the synthesiser's own phoneme trace while speaking, which is what the program
+    # prints for --ipa (espeak-ng.c: espeak_SetPhonemeTrace(espeakPHONEMES_IPA, stdout), then espeak_Synth)
+    import ctypes
+
+    from zoo.audio.espeak import LOCK, espeakPHONEMES_IPA
+
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    phoneme_callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p)
+    lib.lib.espeak_SetPhonemeCallback.argtypes = [phoneme_callback]
+    lib.lib.espeak_SetPhonemeTrace.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    traced: list[str] = []
+    callback = phoneme_callback(lambda clause: traced.append(clause.decode()) or 0)
+    texts = [("The old man opened the green door near the river.", "en-us"), ("Seven apples, two letters; a red box!", "en"),
+             ("A young girl bought the blue car after lunch.", "en-us+f3")]  # fmt: skip
+    with LOCK:
+        devnull = libc.fopen(os.devnull.encode(), b"w")
+        lib.lib.espeak_SetPhonemeCallback(callback)
+        lib.lib.espeak_SetPhonemeTrace(espeakPHONEMES_IPA, devnull)
+        try:
+            for text, voice in texts:
+                traced.clear()
+                lib.synthesise(text, voice, 175)
+                assert lib.phonemes(text, voice) == " ".join(" ".join(traced).split()) != ""
+        finally:
+            lib.lib.espeak_SetPhonemeTrace(0, None)
+            lib.lib.espeak_SetPhonemeCallback(phoneme_callback())
+            libc.fclose(devnull)
+    program = shutil.which("espeak-ng")
+    if program is not None:  # where the program is installed too, both backends agree
+        for text, voice in (("hello world", "en-us"), (HELLO, "en-us+f3"), ("Seven apples.", "en")):
+            assert lib.phonemes(text, voice) == audio_dm.espeak_phonemes(text, voice, "program")
+
+
+def test_speech_datamodule_builds_a_real_cache_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import soundfile as sf
+
+    try:
+        backend = audio_dm.espeak_backend()
+    except RuntimeError:
+        pytest.skip("neither the espeak-ng program nor the espeakng-loader wheel is installed")
+    dm = SpeechDataModule(voices=("en-us", "en-us+f3"), speeds=(150, 200), num_train=2, num_val=1,
+                          num_test=1, cache_dir=str(tmp_path), batch_size=2)  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) >= {"audio", "length", "text", "phonemes", "label"}
+    assert batch["audio"].shape == (2, int(batch["length"].max())) and batch["audio"].abs().max() <= 1.0
+    assert sorted(batch["label"].tolist()) == [0, 1]
+    for row, n, text, phonemes in zip(batch["audio"], batch["length"], batch["text"], batch["phonemes"], strict=True):  # fmt: skip
+        m = _speech_measures(row[: int(n)].numpy(), 22050)
+        # a 4-part sentence (6-9 words) at 150-200 words a minute, audible
+        assert 1.0 < int(n) / 22050 < 5.0 and m["rms"] > 0.05, (text, m)
+        assert (row[int(n) :] == 0).all()
+        assert text.endswith(".") and "ˈ" in phonemes and len(phonemes.split()) >= 4, (text, phonemes)
+    clips = [clip for split in ("train", "val", "test") for clip in dm.plan(split)]
+    assert sorted(tmp_path.iterdir()) == sorted([c["path"] for c in clips] + [c["meta"] for c in clips])
+    for clip in clips:  # each clip's metadata says what made it; the files are espeak's 16-bit 22050 Hz
+        meta = json.loads(clip["meta"].read_text())
+        assert (meta["text"], meta["voice"], meta["speed"]) == (clip["text"], clip["voice"], clip["speed"])
+        assert meta["backend"] == backend and re.match(r"\d+\.\d+", meta["espeak_version"]), meta
+        info = sf.info(str(clip["path"]))
+        assert (info.samplerate, info.channels, info.subtype) == (22050, 1, "PCM_16")
+    # the cache alone is enough: a second datamodule (16 kHz) needs no espeak-ng at all
+    monkeypatch.setattr(audio_dm.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "espeakng_loader", None)
+    monkeypatch.setattr(audio_dm, "espeak_synthesise", lambda *a, **k: pytest.fail("synthesised again"))
+    again = SpeechDataModule(voices=("en-us", "en-us+f3"), speeds=(150, 200), num_train=2, num_val=1,
+                             num_test=1, cache_dir=str(tmp_path), sample_rate=16000)  # fmt: skip
+    again.setup("fit")
+    item, first = again.val_set[0], dm.val_set[0]
+    assert item["text"] == first["text"] and item["phonemes"] == first["phonemes"]
+    assert abs(item["audio"].numel() - first["audio"].numel() * 16000 / 22050) <= 2
 
 
 def test_speech_without_espeak_says_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audio_dm.shutil, "which", lambda name: None)
+    monkeypatch.setattr(audio_dm.shutil, "which", lambda name: None)  # no program on PATH
+    if audio_dm.espeak_lib.available():  # forcing the program fails even with the wheel installed
+        forced = SpeechDataModule(
+            num_train=4, num_val=2, num_test=2, cache_dir=str(tmp_path), backend="program"
+        )
+        with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+            forced.setup("fit")
+    monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # and no wheel: importing it fails
     dm = SpeechDataModule(num_train=4, num_val=2, num_test=2, cache_dir=str(tmp_path))
-    with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+    with pytest.raises(RuntimeError, match="pip install espeakng-loader") as info:
         dm.setup("fit")
-
-
-def test_speech_builds_its_cache_once_and_batches_transcripts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """espeak-ng itself is replaced by a tone generator; everything around it is the real code."""
-    import soundfile as sf
-
-    calls: list[tuple[str, str, int]] = []
-
-    def fake_synthesise(text: str, voice: str, speed: int, path: Path) -> None:
-        calls.append((text, voice, speed))
-        samples = 22050 * len(text) // 60  # longer sentences, longer clips
-        sf.write(str(path), 0.3 * np.sin(2 * np.pi * 220 * np.arange(samples) / 22050), 22050)
-
-    monkeypatch.setattr(audio_dm, "espeak_path", lambda: "/usr/bin/espeak-ng")
-    monkeypatch.setattr(audio_dm, "espeak_synthesise", fake_synthesise)
-    monkeypatch.setattr(audio_dm, "espeak_phonemes", lambda text, voice: f"ipa({text})")
-    dm = SpeechDataModule(
-        num_train=6, num_val=3, num_test=3, cache_dir=str(tmp_path), sample_rate=16000, batch_size=3
-    )
-    dm.setup("fit")
-    assert len(calls) == 12 and {c[1] for c in calls} == {"en-us", "en-us+f3", "en"}
-    batch = next(iter(dm.val_dataloader()))
-    assert batch["audio"].shape[0] == 3 and set(batch["label"].tolist()) == {0, 1, 2}
-    for text, phonemes, n in zip(batch["text"], batch["phonemes"], batch["length"], strict=True):
-        assert text.endswith(".") and phonemes == f"ipa({text})"
-        assert abs(int(n) - 16000 * len(text) // 60) <= 2  # resampled from espeak's 22050 Hz
-    # a second datamodule reads the cache: no synthesis, and no espeak-ng needed
-    monkeypatch.setattr(audio_dm, "espeak_path", lambda: (_ for _ in ()).throw(RuntimeError("no espeak")))
-    again = SpeechDataModule(num_train=6, num_val=3, num_test=3, cache_dir=str(tmp_path), sample_rate=16000)
-    again.setup("fit")
-    assert len(calls) == 12 and again.val_set[0]["text"] == dm.val_set[0]["text"]
+    assert "apt-get install espeak-ng" in str(info.value)
+    assert not list(tmp_path.iterdir())  # nothing made before failing
+    with pytest.raises(ValueError, match="backend"):
+        SpeechDataModule(backend="festival")
