@@ -2,8 +2,9 @@
 
 Any family is rebuilt from its checkpoint alone. Images are written one PNG each plus
 `grid.png`; text families write `samples.txt`; audio families one WAV file per sample
-(`000000.wav`, ...) at the model's `sample_rate`. The same checkpoint, seed and batch size give the
-same samples. Sampling options (`--sampler`, `--steps`, `--guidance`, `--temperature`, ...) are
+(`000000.wav`, ...) at the model's `sample_rate`; video families one GIF per clip (`000000.gif`,
+...) at the model's `fps` plus `grid.png` (one row of frames per clip). The same checkpoint, seed
+and batch size give the same samples. Sampling options (`--sampler`, `--steps`, `--guidance`, `--temperature`, ...) are
 passed to the family's `generate()` only when given; a family that does not take one says so.
 """
 
@@ -21,6 +22,8 @@ SAMPLING_FLAGS = (
     "min_p", "max_new_tokens", "min_new_tokens", "repetition_penalty", "no_repeat_ngram_size",
     "frequency_penalty", "presence_penalty", "num_beams", "length_penalty", "early_stopping",
     "stop", "min_prob",
+    # video
+    "frames",
 )  # fmt: skip
 
 
@@ -53,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", dest="top_k", type=int, help="top-k sampling")
     p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling")
     p.add_argument("--truncation", type=float, help="GANs: truncation psi (1 = none, 0 = the mean image)")
+    p.add_argument("--frames", type=int, help="video families: frames per clip")
     text = p.add_argument_group("text decoding (autoregressive families)")
     text.add_argument("--min-p", dest="min_p", type=float, help="keep tokens with p >= min_p * p_max")
     text.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="tokens to generate at most")
@@ -169,6 +173,12 @@ def _editing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     return options
 
 
+def _video_fps(model: Any) -> float:
+    """The rate a video family's clips play at: its `fps` attribute or hyper-parameter, else 8."""
+    fps = getattr(model, "fps", None) or getattr(model, "hparams", {}).get("fps")
+    return float(fps) if fps else 8.0
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = _parser().parse_args(argv)
     import torch
@@ -208,10 +218,19 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             from zoo.io.audio import save_wavs
 
             written += save_wavs(samples, out, int(model.sample_rate), start=start)
+        elif model.modality == "video":  # one GIF per clip at the model's rate
+            from zoo.io.video import save_gifs
+
+            written += save_gifs(samples, out, _video_fps(model), start=start)
+            chunks.append(samples)
         else:
             raise SystemExit(f"python -m zoo.sample: error: no writer for {model.modality} samples yet")
     if model.modality == "image":
         written.append(save_grid(torch.cat(chunks), out / "grid.png"))
+    elif model.modality == "video":
+        from zoo.io.video import save_frame_grid
+
+        written.append(save_frame_grid(torch.cat(chunks), out / "grid.png"))
     elif model.modality == "text":
         out.mkdir(parents=True, exist_ok=True)
         path = out / "samples.txt"
