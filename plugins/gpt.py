@@ -223,7 +223,9 @@ class _VocabularyLimit:
         self.size = size
 
     def __call__(self, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return torch.cat([scores[:, : self.size], torch.full_like(scores[:, self.size :], float("-inf"))], dim=1)
+        return torch.cat(
+            [scores[:, : self.size], torch.full_like(scores[:, self.size :], float("-inf"))], dim=1
+        )
 
 
 class GPT(GenerativeModule):

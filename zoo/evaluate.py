@@ -337,7 +337,9 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         options = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
         result["sampling"] = options
         fake = conditions = None
-        if "fake" in needs or "prompts" in needs:  # metrics that only need the model (geneval) bring their own
+        if (
+            "fake" in needs or "prompts" in needs
+        ):  # metrics that only need the model (geneval) bring their own
             conditions = conditions_for(model, args.num, labels, captions, prompts)
         if prompts is None and conditions and isinstance(conditions[0], str):
             prompts = conditions

@@ -63,7 +63,9 @@ class CharTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         size = len(self.chars) + 2
-        return "".join(self.chars[i - 2] if 2 <= i < size else ("" if i == self.eos_id else "\ufffd") for i in ids)
+        return "".join(
+            self.chars[i - 2] if 2 <= i < size else ("" if i == self.eos_id else "\ufffd") for i in ids
+        )
 
     def to_state(self) -> dict[str, Any]:
         return {"kind": self.kind, "chars": "".join(self.chars)}

@@ -94,7 +94,9 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             name = type(logger).__name__
             if name == "WandbLogger":
-                logger.log_text(key="samples/text", columns=["step", "sample"], data=[[step, t] for t in texts])
+                logger.log_text(
+                    key="samples/text", columns=["step", "sample"], data=[[step, t] for t in texts]
+                )
             elif name == "TensorBoardLogger":
                 logger.experiment.add_text("samples/text", "\n\n".join(texts), global_step=step)
 
