@@ -24,6 +24,7 @@ TINY_GPT = [
     "--data.num_train", "400",
     "--data.num_val", "50",
     "--data.num_test", "50",
+    "--data.tokenizer", "char",
     "--data.block_size", "48",
     "--data.batch_size", "8",
     "--trainer.limit_val_batches", "2",
