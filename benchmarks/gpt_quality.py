@@ -13,7 +13,6 @@ with k objects carries ln 3 + ln 18 (k = 1), 2 ln 36 + ln 4 (k = 2) or 3 ln 36 (
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import time
 
@@ -35,17 +34,13 @@ def main() -> None:
 
     from zoo import registry
     from zoo.checkpoint import load_model, read_checkpoint
+    from zoo.evaluate import data_of_checkpoint
     from zoo.metrics.text import attribute_distance, distinct_n
 
     checkpoint = read_checkpoint(args.ckpt)
     model = load_model(args.ckpt)
-    data_name = checkpoint["zoo"]["data"]
-    data_class = registry.get_datamodule_class(data_name)
-    accepted = inspect.signature(data_class.__init__).parameters
-    data_args = {
-        k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if k in accepted
-    }
-    datamodule = data_class(**data_args)
+    data_name, data_args = data_of_checkpoint(checkpoint, model)
+    datamodule = registry.get_datamodule_class(data_name)(**data_args)
     test = datamodule.texts("test")
     start = time.perf_counter()
     total, count = model.negative_log_likelihood(test)

@@ -1,6 +1,8 @@
-"""Helpers shared by the image datamodules: argument checks, uint8 -> [-1, 1] conversion, seeds."""
+"""Helpers shared by the datamodules: argument checks, uint8 -> [-1, 1] conversion, seeds, stable splits."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -26,6 +28,14 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
 def derived_seed(seed: int, *keys: int) -> int:
     """A 64-bit seed drawn from (seed, *keys): independent streams for the splits of one seed."""
     return int(np.random.SeedSequence([seed % 2**64, *keys]).generate_state(1, np.uint64)[0])
+
+
+def stable_split(key: str, val_fraction: float, test_fraction: float) -> str:
+    """ "train", "val" or "test" for an item named `key` (a file's relative path, a clip's id), from a
+    hash of the name: the same on every machine and for every seed, and unchanged when items are
+    added or removed."""
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return "test" if bucket < test_fraction else "val" if bucket < test_fraction + val_fraction else "train"
 
 
 def uint8_to_signed(array: np.ndarray) -> torch.Tensor:

@@ -30,7 +30,7 @@ import zoo.audio.espeak as espeak_lib
 from zoo.data import ResumableDataLoader, ZooDataModule
 from zoo.io.audio import AudioFileError, audio_info, load_wav, pad_batch
 
-from ._images import check_fractions, derived_seed
+from ._images import check_fractions, derived_seed, stable_split
 
 SPLITS = ("train", "val", "test")
 
@@ -40,12 +40,6 @@ def pad_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     audio, lengths = pad_batch([item["audio"] for item in items])
     rest = default_collate([{k: v for k, v in item.items() if k != "audio"} for item in items])
     return {"audio": audio, "length": lengths, **rest}
-
-
-def _split_of(key: str, val_fraction: float, test_fraction: float) -> str:
-    """A stable split from a hash of a clip's id (the same on every machine and for every seed)."""
-    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-    return "test" if bucket < test_fraction else "val" if bucket < test_fraction + val_fraction else "train"
 
 
 class AudioDataModule(ZooDataModule):
@@ -340,7 +334,7 @@ class AudioFolderDataModule(AudioDataModule):
             if info.frames == 0:
                 raise AudioFileError(f"audio_folder: {path} holds no audio samples")
             entry = {"path": path, "text": text, "id": clip_id}
-            splits[_split_of(clip_id, self.val_fraction, self.test_fraction)].append(entry)
+            splits[stable_split(clip_id, self.val_fraction, self.test_fraction)].append(entry)
         listed = {clip_id for clip_id, _ in rows}
         unlisted = sorted(p.name for p in wavs.glob("*.wav") if p.stem not in listed) if wavs.is_dir() else []
         if unlisted:

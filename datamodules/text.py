@@ -10,7 +10,6 @@ size, which `zoo.fit` passes to the model) and `texts(split)`, the documents the
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import sysconfig
 from functools import cached_property
@@ -23,6 +22,8 @@ from torch.utils.data import Dataset
 
 from zoo.data import ZooDataModule
 from zoo.tokenizers import KINDS, TextTokenizer, encode_texts, train_tokenizer
+
+from ._images import derived_seed, stable_split
 
 SPLITS = ("train", "val", "test")
 
@@ -143,7 +144,6 @@ class CaptionsDataModule(TextDataModule):
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
 
     def _documents(self) -> dict[str, list[str]]:
-        from zoo.datamodules._images import derived_seed
         from zoo.datamodules.shapes import COLOR_NAMES, SHAPE_NAMES, SIZE_NAMES, ShapeObject, caption_for
 
         docs = {}
@@ -167,12 +167,6 @@ class CaptionsDataModule(TextDataModule):
                 captions.append(caption_for(objects))
             docs[split] = captions
         return docs
-
-
-def _split_of(key: str, val_fraction: float, test_fraction: float) -> str:
-    """A stable split for a file, from a hash of its relative path (the same on every machine)."""
-    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-    return "test" if bucket < test_fraction else "val" if bucket < test_fraction + val_fraction else "train"
 
 
 def read_text_file(path: Path) -> str:
@@ -231,7 +225,7 @@ class PythonSourceDataModule(TextDataModule):
             except ValueError:
                 continue  # the standard library has a few deliberately undecodable test files
             key = path.relative_to(self.root).as_posix()
-            docs[_split_of(key, self.val_fraction, self.test_fraction)].append(text)
+            docs[stable_split(key, self.val_fraction, self.test_fraction)].append(text)
         return docs
 
 
@@ -271,7 +265,7 @@ class TextFileDataModule(TextDataModule):
         if len(texts) >= 10:
             for p, text in texts.items():
                 docs[
-                    _split_of(p.relative_to(self.path).as_posix(), self.val_fraction, self.test_fraction)
+                    stable_split(p.relative_to(self.path).as_posix(), self.val_fraction, self.test_fraction)
                 ].append(text)
             if all(docs.values()):
                 return docs
