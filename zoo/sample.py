@@ -24,6 +24,8 @@ SAMPLING_FLAGS = (
     "stop", "min_prob",
     # video
     "frames",
+    # speech: the vocoder checkpoint that turns an acoustic model's mels into audio
+    "vocoder",
 )  # fmt: skip
 
 
@@ -57,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling")
     p.add_argument("--truncation", type=float, help="GANs: truncation psi (1 = none, 0 = the mean image)")
     p.add_argument("--frames", type=int, help="video families: frames per clip")
+    p.add_argument(
+        "--vocoder",
+        help="text-to-speech families: a vocoder checkpoint (e.g. a hifigan run's last.ckpt); "
+        "without it, Griffin-Lim",
+    )
+    p.add_argument(
+        "--init-video",
+        dest="init_video",
+        help="video families: continue this clip (a GIF, a video file or a folder of frames); "
+        "--init-image gives one first frame (image-to-video)",
+    )
     text = p.add_argument_group("text decoding (autoregressive families)")
     text.add_argument("--min-p", dest="min_p", type=float, help="keep tokens with p >= min_p * p_max")
     text.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="tokens to generate at most")
@@ -157,8 +170,17 @@ def _editing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         raise SystemExit(f"python -m zoo.sample: error: --strength must lie in [0, 1], got {args.strength}")
     hparams = getattr(model, "hparams", {})
     size, channels = hparams.get("image_size"), hparams.get("in_channels", 3)
+    video = getattr(model, "modality", None) == "video"
+    if args.init_video and not video:
+        raise SystemExit("python -m zoo.sample: error: --init-video is for video families")
+    if args.init_video and args.init_image:
+        raise SystemExit("python -m zoo.sample: error: give --init-image (a first frame) or --init-video, not both")
     try:
-        if args.init_image:
+        if args.init_video:
+            options["init"] = load_frames(args.init_video, size, channels)[None]
+        elif args.init_image and video:  # image-to-video: the clip's first frame, (1, 1, C, H, W)
+            options["init"] = load_image(args.init_image, size, channels)[:, None]
+        elif args.init_image:
             options["init"] = load_image(args.init_image, size, channels)
         if args.mask:
             options["mask"] = (load_image(args.mask, size, channels=1) > 0.5).float()
@@ -171,6 +193,31 @@ def _editing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     if args.negative_prompt is not None:
         options["negative_prompt"] = args.negative_prompt
     return options
+
+
+def load_frames(path: str | Path, size: int | None, channels: int = 3) -> torch.Tensor:
+    """A clip as (T, C, H, W) float in [0, 1] at `size` x `size`: a GIF, a video file (PyAV) or a folder
+    of PNG/JPEG frames (in natural order). Raises ValueError naming the file when it cannot be read."""
+    import torch
+    from torchvision.transforms.functional import resize
+
+    from zoo.io.video import read_video_file
+
+    path = Path(path)
+    if path.is_dir():
+        from zoo.datamodules.video import frame_files
+
+        from zoo.io.images import load_image
+
+        files = frame_files(path)
+        if not files:
+            raise ValueError(f"folder '{path}' holds no PNG/JPEG frames")
+        clip = torch.cat([load_image(f, size, channels) for f in files])
+    else:
+        clip = read_video_file(path, channels)[0].float().div(255)
+        if size is not None and tuple(clip.shape[-2:]) != (size, size):
+            clip = resize(clip, [size, size], antialias=True)
+    return clip
 
 
 def _video_fps(model: Any) -> float:
