@@ -41,6 +41,8 @@ LINKS = {
     "image_size": "image_size",
     "block_size": "block_size",
     "sample_rate": "sample_rate",
+    "frames": "frames",
+    "fps": "fps",
 }
 
 
