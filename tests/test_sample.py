@@ -123,6 +123,10 @@ def test_options_the_family_does_not_take_are_refused(tiny_vae_ckpt, tmp_path):
         sample(
             ["--ckpt", str(tiny_vae_ckpt), "--num", "2", "--prompt", "a red circle", "--out", str(tmp_path)]
         )
+    with pytest.raises(SystemExit, match="--init-video is for video families"):
+        sample(["--ckpt", str(tiny_vae_ckpt), "--num", "1", "--init-video", "x.gif", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="does not take --vocoder"):
+        sample(["--ckpt", str(tiny_vae_ckpt), "--num", "1", "--vocoder", "v.ckpt", "--out", str(tmp_path)])
     written = sample(
         ["--ckpt", str(tiny_vae_ckpt), "--num", "2", "--temperature", "0.5", "--out", str(tmp_path / "t")]
     )

@@ -496,3 +496,85 @@ def test_sample_writes_a_gif_per_clip_and_a_frame_grid(tmp_path):
     assert torch.allclose(x, torch.arange(6.0) + 2)
     with Image.open(out / "grid.png") as grid:  # 3 clips as rows, 6 frames as columns
         assert grid.size == (6 * 18 + 2, 3 * 18 + 2)
+
+
+class KeepsGivenFrames(MovingSquare):
+    """Returns the clip it was given (`init`, 1 x T0 frames) followed by black frames."""
+
+    def generate(self, n, *, condition=None, generator=None, frames: int = 4, init=None):
+        s = self.hparams.image_size
+        video = torch.zeros(n, frames, 3, s, s)
+        if init is not None:
+            assert init.ndim == 5 and init.shape[0] == 1, init.shape
+            video[:, : init.shape[1]] = init
+        return video
+
+
+def _save_model(model, path):
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "zoo": {"class_path": f"{__name__}:{type(model).__name__}"},
+        },
+        path,
+    )
+    return path
+
+
+def test_sample_passes_init_video_and_init_image_as_given_first_frames(tmp_path):
+    from zoo.io.images import save_images
+    from zoo.io.video import save_gif
+    from zoo.sample import main as sample
+
+    ckpt = _save_model(KeepsGivenFrames(image_size=16), tmp_path / "model.ckpt")
+    # a 3-frame 32x32 GIF: a white frame, a grey frame, a black frame; resized to the model's 16x16
+    clip = torch.stack([torch.full((3, 32, 32), v) for v in (1.0, 0.5, 0.0)])
+    save_gif(clip, tmp_path / "given.gif", fps=4)
+    out = tmp_path / "continued"
+    sample(["--ckpt", str(ckpt), "--num", "1", "--frames", "5", "--init-video", str(tmp_path / "given.gif"),
+            "--out", str(out)])  # fmt: skip
+    video, _ = load_gif(out / "000000.gif")
+    assert video.shape == (5, 3, 16, 16)
+    assert torch.allclose(video[:3].mean(dim=(1, 2, 3)), torch.tensor([1.0, 0.5, 0.0]), atol=0.01)
+
+    # a folder of frames, in natural order (frame2 before frame10)
+    frames = tmp_path / "frames"
+    save_images(torch.stack([torch.full((3, 16, 16), v) for v in (0.0, 1.0)]), frames)
+    (frames / "000000.png").rename(frames / "frame2.png")
+    (frames / "000001.png").rename(frames / "frame10.png")
+    sample(
+        ["--ckpt", str(ckpt), "--num", "1", "--frames", "4", "--init-video", str(frames), "--out", str(out)]
+    )
+    video, _ = load_gif(out / "000000.gif")
+    assert torch.allclose(video[:2].mean(dim=(1, 2, 3)), torch.tensor([0.0, 1.0]), atol=0.01)
+
+    # one image: image-to-video, the clip's first frame
+    save_images(torch.full((1, 3, 16, 16), 1.0), tmp_path / "first")
+    sample(["--ckpt", str(ckpt), "--num", "2", "--frames", "3", "--init-image", str(tmp_path / "first" / "000000.png"),
+            "--out", str(out)])  # fmt: skip
+    video, _ = load_gif(out / "000001.gif")
+    assert video[0].min() > 0.99 and video[1].max() < 0.01
+
+
+def test_sample_init_video_errors(tmp_path):
+    from zoo.io.video import save_gif
+    from zoo.sample import main as sample
+
+    ckpt = _save_model(KeepsGivenFrames(image_size=16), tmp_path / "model.ckpt")
+    out = ["--out", str(tmp_path / "out")]
+    broken = tmp_path / "broken.gif"
+    broken.write_bytes(b"GIF89a not really")
+    with pytest.raises(SystemExit, match="broken.gif"):
+        sample(["--ckpt", str(ckpt), "--num", "1", "--init-video", str(broken), *out])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="holds no PNG/JPEG frames"):
+        sample(["--ckpt", str(ckpt), "--num", "1", "--init-video", str(tmp_path / "empty"), *out])
+    good = save_gif(torch.zeros(2, 3, 16, 16), tmp_path / "good.gif")
+    with pytest.raises(SystemExit, match="not both"):
+        sample(
+            ["--ckpt", str(ckpt), "--num", "1", "--init-video", str(good), "--init-image", str(good), *out]
+        )
+    square = _save_model(MovingSquare(image_size=16), tmp_path / "square.ckpt")  # takes no init
+    with pytest.raises(SystemExit, match="does not take --init-image"):
+        sample(["--ckpt", str(square), "--num", "1", "--init-video", str(good), *out])

@@ -14,7 +14,10 @@ import argparse
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLING_FLAGS = (
     "sampler", "steps", "guidance", "temperature", "eta", "top_k", "top_p", "truncation",
@@ -174,7 +177,9 @@ def _editing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     if args.init_video and not video:
         raise SystemExit("python -m zoo.sample: error: --init-video is for video families")
     if args.init_video and args.init_image:
-        raise SystemExit("python -m zoo.sample: error: give --init-image (a first frame) or --init-video, not both")
+        raise SystemExit(
+            "python -m zoo.sample: error: give --init-image (a first frame) or --init-video, not both"
+        )
     try:
         if args.init_video:
             options["init"] = load_frames(args.init_video, size, channels)[None]
@@ -206,7 +211,6 @@ def load_frames(path: str | Path, size: int | None, channels: int = 3) -> torch.
     path = Path(path)
     if path.is_dir():
         from zoo.datamodules.video import frame_files
-
         from zoo.io.images import load_image
 
         files = frame_files(path)
