@@ -131,20 +131,21 @@ def test_zoo_sample_writes_wav_files_at_the_model_rate(
     # analysis-resynthesis of a recording given on the command line
     tone = 0.5 * np.sin(2 * np.pi * 330 * np.arange(11025) / 22050)
     save_wav(torch.from_numpy(tone), tmp_path / "in.wav", 22050)
-    (path,) = main(
-        [
-            "--ckpt",
-            str(ckpt),
-            "--num",
-            "1",
-            "--out",
-            str(tmp_path / "re"),
-            "--prompt",
-            str(tmp_path / "in.wav"),
-        ]
-    )
+    (path,) = main(["--ckpt", str(ckpt), "--out", str(tmp_path / "re"), "--wav", str(tmp_path / "in.wav")])
     data, rate = sf.read(str(path))
     assert rate == 22050 and len(data) == 11025 // 256 * 256
+    # a log-mel saved with numpy: one WAV per file, the mel's frame count times the hop
+    from zoo.audio import log_mel
+
+    mel = log_mel(torch.from_numpy(tone).float(), 22050)
+    np.save(tmp_path / "in.npy", mel.numpy())
+    (path,) = main(["--ckpt", str(ckpt), "--out", str(tmp_path / "mel"), "--mel", str(tmp_path / "in.npy")])
+    data, rate = sf.read(str(path))
+    assert rate == 22050 and len(data) == mel.shape[-1] * 256
+    with pytest.raises(SystemExit, match="--mel takes numpy .npy files"):
+        main(["--ckpt", str(ckpt), "--out", str(tmp_path / "x"), "--mel", str(tmp_path / "in.wav")])
+    with pytest.raises(SystemExit, match="'missing.wav' does not exist"):
+        main(["--ckpt", str(ckpt), "--out", str(tmp_path / "x"), "--wav", "missing.wav"])
 
 
 def test_fit_command_line_on_tones(in_tmp: Path) -> None:

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="a checkpoint written by zoo.fit (e.g. runs/vae/<run>/checkpoints/last.ckpt)",
     )
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--num", type=int, help="number of samples (default 64; with --mel / --wav, one per file)")
     p.add_argument("--out", default="samples", help="output folder (default samples/)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="samples generated at once (default 64)")
@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
         help="text-to-speech families: a vocoder checkpoint (e.g. a hifigan run's last.ckpt); "
         "without it, Griffin-Lim",
     )
+    p.add_argument(
+        "--mel", nargs="+", metavar="FILE.npy",
+        help="vocoders: log-mel(s) saved with numpy, (n_mels, frames) at the model's mel settings",
+    )  # fmt: skip
+    p.add_argument(
+        "--wav", nargs="+", metavar="FILE",
+        help="vocoders: analysis-resynthesis of audio file(s) (WAV, FLAC, ... read with soundfile)",
+    )  # fmt: skip
     p.add_argument(
         "--init-video",
         dest="init_video",
@@ -126,10 +134,30 @@ def _outpaint(values: list[str]) -> dict[str, int]:
     return sides
 
 
+def _input_files(args: argparse.Namespace) -> list[str] | None:
+    """--mel / --wav: files a vocoder turns into audio, checked here so that a typo fails before loading."""
+    if args.mel and args.wav:
+        raise SystemExit("python -m zoo.sample: error: give --mel or --wav, not both")
+    files = args.mel or args.wav
+    if not files:
+        return None
+    for name in files:
+        if not Path(name).is_file():
+            raise SystemExit(f"python -m zoo.sample: error: input file '{name}' does not exist")
+        if args.mel and Path(name).suffix.lower() != ".npy":
+            raise SystemExit(
+                f"python -m zoo.sample: error: --mel takes numpy .npy files (np.save of a (n_mels, frames) "
+                f"log-mel), got '{name}'; give audio files with --wav"
+            )
+    return list(files)
+
+
 def _condition(args: argparse.Namespace, num: int) -> Any:
-    if args.prompt and args.label:
-        raise SystemExit("python -m zoo.sample: error: give --prompt or --label, not both")
-    values = args.prompt or args.label
+    given = [flag for flag, value in (("--prompt", args.prompt), ("--label", args.label),
+                                      ("--mel", args.mel), ("--wav", args.wav)) if value]  # fmt: skip
+    if len(given) > 1:
+        raise SystemExit(f"python -m zoo.sample: error: give one of {' / '.join(given)}, not several")
+    values = args.prompt or args.label or _input_files(args)
     if not values:
         return None
     if len(values) not in (1, num):
@@ -237,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     from zoo.checkpoint import CheckpointError, load_model
     from zoo.io.images import save_grid, save_images
 
+    if args.num is None:
+        args.num = len(args.mel or args.wav or ()) or 64
     if args.num < 1:
         raise SystemExit("python -m zoo.sample: error: --num must be at least 1")
     try:
