@@ -35,11 +35,24 @@ from ._images import check_fractions, derived_seed, stable_split
 SPLITS = ("train", "val", "test")
 
 
+RAGGED_KEYS = ("phone_starts",)  # 1-D int64 items of different lengths, padded with -1 in batches
+
+
 def pad_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch items whose `audio` differ in length: zero-padded (B, S_max) plus `length` (B,)."""
+    """Batch items whose `audio` differ in length: zero-padded (B, S_max) plus `length` (B,).
+    `phone_starts` (speech alignments) differ in length too: padded with -1."""
     audio, lengths = pad_batch([item["audio"] for item in items])
-    rest = default_collate([{k: v for k, v in item.items() if k != "audio"} for item in items])
-    return {"audio": audio, "length": lengths, **rest}
+    ragged = {
+        key: torch.nn.utils.rnn.pad_sequence(
+            [item[key] for item in items], batch_first=True, padding_value=-1
+        )
+        for key in RAGGED_KEYS
+        if key in items[0]
+    }
+    rest = default_collate(
+        [{k: v for k, v in item.items() if k != "audio" and k not in ragged} for item in items]
+    )
+    return {"audio": audio, "length": lengths, **ragged, **rest}
 
 
 class AudioDataModule(ZooDataModule):
@@ -267,6 +280,16 @@ class AudioFilesDataset(Dataset):
         return {"audio": audio, **{k: v for k, v in entry.items() if k != "path"}}
 
 
+def phone_alignment(alignment: dict[str, Any], sample_rate: int) -> dict[str, Any]:
+    """A cached clip's espeak phoneme alignment as item keys: `phones`, the phoneme names joined by
+    spaces (pauses are "_"), and `phone_starts`, int64 start samples at `sample_rate` (espeak speaks at
+    its own rate, usually 22050 Hz)."""
+    names = [name for name, _ in alignment["phones"]]
+    starts = torch.tensor([start for _, start in alignment["phones"]], dtype=torch.float64)
+    starts = torch.round(starts * sample_rate / alignment["sample_rate"]).to(torch.int64)
+    return {"phones": " ".join(names), "phone_starts": starts}
+
+
 def read_metadata(root: Path) -> list[tuple[str, str]]:
     """`metadata.csv` of an LJSpeech-style folder: `id|text` or `id|text|normalised text` per line
     (the last column is used: LJSpeech's normalised transcript, numbers spelled out)."""
@@ -420,14 +443,20 @@ def espeak_backend(preference: str = "auto") -> str:
     raise RuntimeError(ESPEAK_INSTALL + problem)
 
 
-def espeak_synthesise(text: str, voice: str, speed: int, path: Path, backend: str = "program") -> None:
-    """Speak `text` into the WAV file `path` (espeak-ng speaks at 22050 Hz mono, 16 bit)."""
+def espeak_synthesise(
+    text: str, voice: str, speed: int, path: Path, backend: str = "program"
+) -> dict[str, Any] | None:
+    """Speak `text` into the WAV file `path` (espeak-ng speaks at 22050 Hz mono, 16 bit).
+
+    The library also returns the phoneme alignment of that very audio, {"sample_rate": rate, "phones":
+    [[IPA name, start sample], ...]} (see `zoo.audio.espeak.synthesise_aligned`); the program, None."""
     if backend == "library":
-        audio, rate = espeak_lib.synthesise(text, voice, speed)
+        audio, phones, rate = espeak_lib.synthesise_aligned(text, voice, speed)
         sf.write(str(path), audio, rate, subtype="PCM_16", format="WAV")
-        return
+        return {"sample_rate": rate, "phones": [[name, start] for name, start in phones]}
     subprocess.run([espeak_path(), "-v", voice, "-s", str(speed), "-w", str(path), text],
                    check=True, capture_output=True)  # fmt: skip
+    return None
 
 
 def espeak_phonemes(text: str, voice: str, backend: str = "program") -> str:
@@ -459,6 +488,12 @@ class SpeechDataModule(AudioDataModule):
     `espeakng-loader` wheel (`backend` forces either); with neither, an error says how to install it.
     Each clip's metadata records the backend and espeak-ng version that made it. Sentences are drawn
     per split from independent streams of `seed`; voice and speed cycle over the clips.
+
+    `alignments=True` adds espeak's own phoneme alignment of each clip (`phones`: IPA names joined by
+    spaces, "_" for pauses; `phone_starts`: start samples, padded with -1 in batches) and
+    `phoneme_vocabulary` (every name in the three splits, sorted). Only the library backend reports
+    phoneme events while speaking, so with it clips cached without an alignment (made by the program,
+    or before alignments were recorded) are spoken again, audio and alignment together.
     """
 
     def __init__(
@@ -474,6 +509,7 @@ class SpeechDataModule(AudioDataModule):
         num_workers: int = 0,
         seed: int = 0,
         backend: str = "auto",
+        alignments: bool = False,
     ) -> None:
         super().__init__(sample_rate, batch_size, num_workers, seed)
         self.save_hyperparameters()
@@ -484,7 +520,8 @@ class SpeechDataModule(AudioDataModule):
         self.voices, self.speeds = list(voices), [int(s) for s in speeds]
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "zoo" / "speech"
-        self.backend = backend
+        self.backend, self.alignments = backend, alignments
+        self.phoneme_vocabulary: list[str] = []
         self.class_names = list(self.voices)
         self.num_classes = len(self.voices)
 
@@ -505,29 +542,45 @@ class SpeechDataModule(AudioDataModule):
         missing = [
             c for s in SPLITS for c in self.plan(s) if not (c["path"].is_file() and c["meta"].is_file())
         ]
+        if self.alignments:  # clips cached without an alignment are spoken again, with one
+            missing += [c for s in SPLITS for c in self.plan(s) if c not in missing and "alignment" not in
+                        json.loads(c["meta"].read_text())]  # fmt: skip
         if not missing:
             return
-        backend = espeak_backend(self.backend)  # fail before making anything, with the install instructions
+        if self.alignments:
+            if self.backend == "program":
+                raise ValueError(
+                    "speech: alignments need the library backend (libespeak-ng reports the phonemes it speaks; "
+                    "the program does not): use --data.backend library or auto, with `pip install espeakng-loader`"
+                )
+        # fail before making anything, with the install instructions
+        backend = espeak_backend("library" if self.alignments else self.backend)
         made_by = {"backend": backend, "espeak_version": espeak_version(backend)}
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for clip in missing:
             partial = clip["path"].with_suffix(".part.wav")
-            espeak_synthesise(clip["text"], clip["voice"], clip["speed"], partial, backend)
+            alignment = espeak_synthesise(clip["text"], clip["voice"], clip["speed"], partial, backend)
             phonemes = espeak_phonemes(clip["text"], clip["voice"], backend)
             partial.replace(clip["path"])  # the clip counts as cached only once complete
-            clip["meta"].write_text(json.dumps({"text": clip["text"], "voice": clip["voice"], "speed": clip["speed"],
-                                                "phonemes": phonemes, **made_by}))  # fmt: skip
+            meta = {"text": clip["text"], "voice": clip["voice"], "speed": clip["speed"], "phonemes": phonemes,
+                    **made_by, **({"alignment": alignment} if alignment else {})}  # fmt: skip
+            clip["meta"].write_text(json.dumps(meta))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         self.prepare_data()  # a no-op once cached; makes setup() alone enough outside a Trainer
-        sets = []
+        sets, vocabulary = [], set()
         for split in SPLITS:
             entries = []
             for clip in self.plan(split):
                 meta = json.loads(clip["meta"].read_text())
-                entries.append({"path": clip["path"], "text": clip["text"], "phonemes": meta["phonemes"],
-                                "label": torch.tensor(clip["label"], dtype=torch.int64)})  # fmt: skip
+                entry = {"path": clip["path"], "text": clip["text"], "phonemes": meta["phonemes"],
+                         "label": torch.tensor(clip["label"], dtype=torch.int64)}  # fmt: skip
+                if self.alignments:
+                    entry |= phone_alignment(meta["alignment"], self.sample_rate)
+                    vocabulary.update(entry["phones"].split(" "))
+                entries.append(entry)
             sets.append(AudioFilesDataset(entries, self.sample_rate))
         self.train_set, self.val_set, self.test_set = sets
+        self.phoneme_vocabulary = sorted(vocabulary)

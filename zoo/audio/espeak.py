@@ -8,6 +8,13 @@ fallback to a language lookup, the rate in words a minute, UTF-8 text with a fin
 IPA comes from `espeak_TextToPhonemes` in IPA mode, one clause per call, joined by spaces, which is
 what `espeak-ng -q --ipa` prints (one clause a line).
 
+The engine is initialised with phoneme events on (`espeakINITIALIZE_PHONEME_EVENTS |
+espeakINITIALIZE_PHONEME_IPA`), so while speaking it also reports every phoneme it utters, in IPA,
+with the sample where it starts: an exact phoneme alignment of its own audio (`synthesise_aligned`),
+which the `tts` family trains its duration model on. The option only adds events: the audio is
+byte-identical with and without it (checked in fresh processes, since the pitch flutter state carries
+over between utterances in one process).
+
 The library is one process-global engine and not thread-safe: it is initialised once, on first use,
 and every call holds `LOCK`.
 """
@@ -23,6 +30,10 @@ import numpy as np
 # --- speak_lib.h -------------------------------------------------------------------------------------
 AUDIO_OUTPUT_SYNCHRONOUS = 2  # enum espeak_AUDIO_OUTPUT: PLAYBACK, RETRIEVAL, SYNCHRONOUS, SYNCH_PLAYBACK
 espeakINITIALIZE_DONT_EXIT = 0x8000  # without it, missing data makes espeak_Initialize call exit()
+espeakINITIALIZE_PHONEME_EVENTS = 0x0001  # the synth callback also gets an event per phoneme spoken
+espeakINITIALIZE_PHONEME_IPA = 0x0002  # ... named in IPA (UTF-8, stress marks included), not espeak's codes
+espeakEVENT_LIST_TERMINATED = 0  # enum espeak_EVENT_TYPE: ends the callback's event array
+espeakEVENT_PHONEME = 7
 POS_CHARACTER = 1  # enum espeak_POSITION_TYPE
 espeakCHARS_UTF8 = 1
 espeakPHONEMES = 0x100  # [[...]] in the text is phoneme input (the program sets it)
@@ -32,6 +43,28 @@ espeakPHONEMES_IPA = 0x02  # espeak_TextToPhonemes' phoneme mode: IPA as UTF-8
 EE_OK = 0
 
 SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+PAUSE = "_"  # the name given here to espeak's pause phonemes, which have an empty IPA name
+
+
+class EspeakEventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class EspeakEvent(ctypes.Structure):
+    """`espeak_EVENT` (speak_lib.h): 40 bytes on 64-bit platforms. For a phoneme event `id.string` is
+    the phoneme's name (8 bytes, zero-terminated unless all 8 are used) and `sample` the index of the
+    output sample where it starts, counted from the start of the `espeak_Synth` call's audio."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # milliseconds
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", EspeakEventId),
+    ]
 
 
 class EspeakVoice(ctypes.Structure):
@@ -109,11 +142,13 @@ class EspeakLibrary:
         lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
         lib.espeak_Info.restype = ctypes.c_char_p
         # `path` is the folder holding espeak-ng-data (speak_lib.h)
-        rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data.parent).encode(), espeakINITIALIZE_DONT_EXIT)  # fmt: skip
+        options = espeakINITIALIZE_DONT_EXIT | espeakINITIALIZE_PHONEME_EVENTS | espeakINITIALIZE_PHONEME_IPA
+        rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data.parent).encode(), options)
         if rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed ({rate}) with the data at {data}")
         self.lib, self.sample_rate, self.library_path = lib, int(rate), library_path
         self._chunks: list[bytes] = []
+        self._phones: list[tuple[str, int]] = []
         self._callback = SYNTH_CALLBACK(self._collect)  # kept alive as long as the library may call it
         lib.espeak_SetSynthCallback(self._callback)
         path = ctypes.c_char_p()
@@ -123,6 +158,15 @@ class EspeakLibrary:
     def _collect(self, wav: ctypes._Pointer, numsamples: int, events: int | None) -> int:
         if wav and numsamples > 0:  # NULL marks the end; 0 samples is not the end
             self._chunks.append(ctypes.string_at(wav, 2 * numsamples))
+        if events:
+            array = ctypes.cast(events, ctypes.POINTER(EspeakEvent))
+            for i in range(1 << 16):  # the array ends with an event of type LIST_TERMINATED
+                event = array[i]
+                if event.type == espeakEVENT_LIST_TERMINATED:
+                    break
+                if event.type == espeakEVENT_PHONEME:
+                    name = bytes(event.id.string).split(b"\0", 1)[0].decode("utf-8", "replace")
+                    self._phones.append((name or PAUSE, int(event.sample)))
         return 0  # continue
 
     def set_voice(self, voice: str) -> None:
@@ -137,19 +181,28 @@ class EspeakLibrary:
 
     def synthesise(self, text: str, voice: str, speed: int) -> np.ndarray:
         """`text` spoken by `voice` at `speed` words a minute: int16 (S,) at `sample_rate`."""
+        return self.synthesise_aligned(text, voice, speed)[0]
+
+    def synthesise_aligned(
+        self, text: str, voice: str, speed: int
+    ) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """`text` spoken by `voice` at `speed` words a minute, with the phonemes espeak-ng spoke: int16
+        audio (S,) at `sample_rate` and [(IPA name, start sample), ...] in order. Pauses are named
+        `PAUSE`; a stressed vowel carries its stress mark ("ˈoʊ"). Phoneme i lasts until phoneme i + 1
+        starts; the first starts after a few ms of lead-in, and the last is a zero-length end marker."""
         with LOCK:
             self.set_voice(voice)
             if self.lib.espeak_SetParameter(espeakRATE, int(speed), 0) != EE_OK:
                 raise RuntimeError(f"espeak_SetParameter(espeakRATE, {speed}) failed")
-            self._chunks = []
+            self._chunks, self._phones = [], []
             data = text.encode()
             flags = espeakCHARS_UTF8 | espeakPHONEMES | espeakENDPAUSE
             status = self.lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, flags, None, None)
             if status != EE_OK or self.lib.espeak_Synchronize() != EE_OK:
                 raise RuntimeError(f"espeak_Synth failed ({status}) on {text!r}")
             audio = np.frombuffer(b"".join(self._chunks), dtype=np.int16).copy()
-            self._chunks = []
-        return audio
+            phones, self._chunks, self._phones = self._phones, [], []
+        return audio, phones
 
     def phonemes(self, text: str, voice: str) -> str:
         """espeak's IPA for `text` in `voice`'s language, clauses joined by spaces."""
@@ -173,6 +226,13 @@ def synthesise(text: str, voice: str, speed: int) -> tuple[np.ndarray, int]:
     """(int16 samples, sample rate) of `text` spoken by libespeak-ng."""
     lib = engine()
     return lib.synthesise(text, voice, speed), lib.sample_rate
+
+
+def synthesise_aligned(text: str, voice: str, speed: int) -> tuple[np.ndarray, list[tuple[str, int]], int]:
+    """(int16 samples, [(phoneme, start sample), ...], sample rate) of `text` spoken by libespeak-ng."""
+    lib = engine()
+    audio, phones = lib.synthesise_aligned(text, voice, speed)
+    return audio, phones, lib.sample_rate
 
 
 def phonemes(text: str, voice: str) -> str:
