@@ -131,7 +131,10 @@ def test_zoo_sample_writes_wav_files_at_the_model_rate(
     # analysis-resynthesis of a recording given on the command line
     tone = 0.5 * np.sin(2 * np.pi * 330 * np.arange(11025) / 22050)
     save_wav(torch.from_numpy(tone), tmp_path / "in.wav", 22050)
-    (path,) = main(["--ckpt", str(ckpt), "--out", str(tmp_path / "re"), "--wav", str(tmp_path / "in.wav")])
+    (path,) = main(
+        ["--ckpt", str(ckpt), "--out", str(tmp_path / "re.wav"), "--wav", str(tmp_path / "in.wav")]
+    )
+    assert path == tmp_path / "re.wav"  # --out naming a .wav file writes exactly that file
     data, rate = sf.read(str(path))
     assert rate == 22050 and len(data) == 11025 // 256 * 256
     # a log-mel saved with numpy: one WAV per file, the mel's frame count times the hop

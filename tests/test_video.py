@@ -578,3 +578,17 @@ def test_sample_init_video_errors(tmp_path):
     square = _save_model(MovingSquare(image_size=16), tmp_path / "square.ckpt")  # takes no init
     with pytest.raises(SystemExit, match="does not take --init-image"):
         sample(["--ckpt", str(square), "--num", "1", "--init-video", str(good), *out])
+
+
+def test_sample_out_naming_a_gif_writes_that_one_file_and_its_grid(tmp_path):
+    from zoo.sample import main as sample
+
+    ckpt = _save_model(MovingSquare(image_size=16), tmp_path / "model.ckpt")
+    written = sample(["--ckpt", str(ckpt), "--frames", "5", "--out", str(tmp_path / "clip.gif")])
+    assert written == [tmp_path / "clip.gif", tmp_path / "clip_grid.png"]
+    video, fps = load_gif(tmp_path / "clip.gif")
+    assert video.shape == (5, 3, 16, 16) and fps == 5.0
+    with pytest.raises(SystemExit, match="names one file but --num is 3"):
+        sample(["--ckpt", str(ckpt), "--num", "3", "--out", str(tmp_path / "clip.gif")])
+    with pytest.raises(SystemExit, match="makes video; --out x.wav should end in .gif, .mp4"):
+        sample(["--ckpt", str(ckpt), "--out", "x.wav"])

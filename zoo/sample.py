@@ -3,7 +3,9 @@
 Any family is rebuilt from its checkpoint alone. Images are written one PNG each plus
 `grid.png`; text families write `samples.txt`; audio families one WAV file per sample
 (`000000.wav`, ...) at the model's `sample_rate`; video families one GIF per clip (`000000.gif`,
-...) at the model's `fps` plus `grid.png` (one row of frames per clip). The same checkpoint, seed
+...) at the model's `fps` (and an MP4 beside each when PyAV is installed) plus `grid.png` (one row of
+frames per clip). `--out NAME.png|.wav|.gif|.mp4|.txt` writes one sample to exactly that file (a clip
+also gets `NAME_grid.png`); `--num` then defaults to 1. The same checkpoint, seed
 and batch size give the same samples. Sampling options (`--sampler`, `--steps`, `--guidance`, `--temperature`, ...) are
 passed to the family's `generate()` only when given; a family that does not take one says so.
 """
@@ -258,6 +260,59 @@ def _video_fps(model: Any) -> float:
     return float(fps) if fps else 8.0
 
 
+# `--out NAME.ext` writes one sample to that file; the modality each suffix is for
+FILE_SUFFIXES = {
+    ".png": ("image",),
+    ".wav": ("audio",),
+    ".gif": ("video",),
+    ".mp4": ("video",),
+    ".txt": ("text",),
+}
+
+
+def _mp4s_where_possible(videos: Any, folder: Path, fps: float, start: int) -> list[Path]:
+    """MP4 copies of the GIFs when PyAV (`pip install "zoo[video]"`) is there: GIFs have 256 colours."""
+    from zoo.io.video import pyav_available, save_mp4
+
+    if not pyav_available():
+        return []
+    return [save_mp4(video, folder / f"{i:06d}.mp4", fps) for i, video in enumerate(videos, start=start)]
+
+
+def _write_one(
+    model: Any, args: argparse.Namespace, condition: Any, generator: Any, options: dict
+) -> list[Path]:
+    """--out NAME.ext: one sample written to exactly that file (a video also gets NAME_grid.png)."""
+    out = Path(args.out)
+    try:
+        sample = model.generate(1, condition=condition, generator=generator, **options)
+    except ValueError as err:
+        raise SystemExit(f"python -m zoo.sample: error: {type(model).__name__}: {err}") from err
+    written = [out]
+    if model.modality == "image":
+        from torchvision.utils import save_image
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(sample[0], out)
+    elif model.modality == "audio":
+        from zoo.io.audio import save_wav
+
+        save_wav(sample[0], out, int(model.sample_rate))
+    elif model.modality == "video":
+        from zoo.io.video import save_frame_grid, save_gif, save_mp4
+
+        try:
+            (save_mp4 if out.suffix.lower() == ".mp4" else save_gif)(sample[0], out, _video_fps(model))
+        except (ValueError, RuntimeError) as err:
+            raise SystemExit(f"python -m zoo.sample: error: {err}") from err
+        written.append(save_frame_grid(sample, out.with_name(out.stem + "_grid.png")))
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(sample[0] + "\n", encoding="utf-8")
+    print(f"wrote {', '.join(str(p) for p in written)} (seed {args.seed})")
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = _parser().parse_args(argv)
     import torch
@@ -265,8 +320,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     from zoo.checkpoint import CheckpointError, load_model
     from zoo.io.images import save_grid, save_images
 
+    single = Path(args.out).suffix.lower() in FILE_SUFFIXES  # --out hello.wav: one file, not a folder
     if args.num is None:
-        args.num = len(args.mel or args.wav or ()) or 64
+        args.num = len(args.mel or args.wav or ()) or (1 if single else 64)
+    if single and args.num != 1:
+        raise SystemExit(
+            f"python -m zoo.sample: error: --out {args.out} names one file but --num is {args.num}: "
+            "give --num 1, or a folder (--out samples/) for several"
+        )
     if args.num < 1:
         raise SystemExit("python -m zoo.sample: error: --num must be at least 1")
     try:
@@ -278,9 +339,17 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     options = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
     options |= _editing_options(args, model)
     _check_options(model, options)
+    if single and model.modality not in FILE_SUFFIXES[Path(args.out).suffix.lower()]:
+        wanted = ", ".join(k for k, v in FILE_SUFFIXES.items() if model.modality in v)
+        raise SystemExit(
+            f"python -m zoo.sample: error: {type(model).__name__} makes {model.modality}; --out {args.out} "
+            f"should end in {wanted} (or name a folder)"
+        )
     condition = _condition(args, args.num)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     out = Path(args.out)
+    if single:
+        return _write_one(model, args, condition, generator, options)
     written: list[Path] = []
     chunks: list[Any] = []
     for start in range(0, args.num, args.batch_size):
@@ -303,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             from zoo.io.video import save_gifs
 
             written += save_gifs(samples, out, _video_fps(model), start=start)
+            written += _mp4s_where_possible(samples, out, _video_fps(model), start)
             chunks.append(samples)
         else:
             raise SystemExit(f"python -m zoo.sample: error: no writer for {model.modality} samples yet")
