@@ -13,6 +13,8 @@ Public API
   registered image metrics, features extracted once.
 - `clip_score(images, captions, clip)`, `ClipScore`: 100 * max(cos, 0) with a local CLIP.
 - Audio: `multi_resolution_stft_l1`, `mel_l1`, `si_snr`, `frechet_audio_distance`.
+- Video: `video_extractor("moving_shapes", frames, image_size, channels)`: a zoo-trained 3D-conv
+  classifier, clips (N, T, C, H, W) in [0, 1] -> features (N, 128), for an FVD-style Fréchet distance.
 - Text: `perplexity`, `perplexity_from_nll`, `distinct_n`, `self_bleu`, `sentence_bleu`.
 - Registry: `register_metric(name, modalities=..., needs=...)` (a decorator; one line registers a
   metric), `get_metric`, `metrics_for(modality)`, `METRICS`, `MetricContext`, `METRIC_MODULES`.
@@ -46,6 +48,7 @@ from zoo.metrics.registry import (
     register_metric,
 )
 from zoo.metrics.text import distinct_n, perplexity, perplexity_from_nll, self_bleu, sentence_bleu
+from zoo.metrics.video_extractor import VideoClassifier, video_extractor
 
 __all__ = [
     "METRICS",
@@ -56,6 +59,7 @@ __all__ = [
     "KNNPrecisionRecall",
     "MetricContext",
     "MetricSpec",
+    "VideoClassifier",
     "clip_score",
     "compute_image_metrics",
     "distinct_n",
@@ -77,4 +81,5 @@ __all__ = [
     "sentence_bleu",
     "si_snr",
     "train_image_classifier",
+    "video_extractor",
 ]

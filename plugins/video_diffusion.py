@@ -1,0 +1,544 @@
+"""`video_diffusion`: text-to-video latent diffusion with factorised space-time attention, scaled for a CPU.
+
+Built from the parts the image families already have (nothing here re-implements them):
+- first stage: the `vae` family applied frame by frame (its latents times `latent_scale`), trained by the
+  same code as `ldm`'s first stage (`LDM._train_first_stage`, here on the clips' frames), or taken from a
+  vae checkpoint (`--model.first_stage`); `--model.pixel_space true` skips it (the small configuration
+  the tests train in a minute);
+- denoiser: `zoo.nn.video_unet.VideoUNet`, the image U-Net of `zoo.nn.unet` run on every frame, with a
+  temporal self-attention block (identity at initialisation, rotary frame positions) after each ResBlock
+  group; `--model.image_model LDM_CKPT` inflates an `ldm`'s U-Net (and takes its first stage, text
+  encoder and tokenizer), so training starts from a model that already draws the frames;
+- text: `zoo.nn.text` (byte-level BPE tokenizer trained on the captions, a small transformer encoder
+  trained jointly), cross-attention in every attention level, pooled text added to the timestep
+  embedding, caption dropout for classifier-free guidance (`zoo.diffusion.classifier_free_guidance`);
+- sampling: any sampler of `zoo.diffusion`; image-to-video and continuation are the core's inpainting
+  over time (the given frames are the known region, mask 0; the rest is generated); clips longer than
+  the training length either in one pass (relative frame positions) or window by window, each window
+  continuing the last frames of the one before (`extend="continue"`).
+
+    python -m zoo.fit --model video_diffusion                     # vae on the frames, then the video model
+    python -m zoo.sample --ckpt runs/video_diffusion/<run>/checkpoints/last.ckpt --prompt "a blue square moving left" --frames 16 --out clips/
+    python -m zoo.sample --ckpt ... --prompt "a red circle moving up" --init-image first.png --out i2v/
+    python -m zoo.sample --ckpt ... --prompt "a red circle moving up" --init-video start.gif --frames 12 --out more/
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zoo import registry
+from zoo.diffusion import (
+    NoiseSchedule,
+    check_options,
+    classifier_free_guidance,
+    diffusion_loss,
+    q_sample,
+)
+from zoo.diffusion import sample as run_sampler
+from zoo.module import GenerativeModule, adamw_with_warmup, build_module
+from zoo.nn.text import CaptionTokenizer, TextEncoder, dataset_captions
+from zoo.nn.video_unet import VideoUNet
+
+EXTEND_MODES = ("direct", "continue")
+
+
+def _ldm_class() -> type:
+    # the first-stage code is ldm's; reached through the registry, as one family reaches another
+    return registry.get_model_class("ldm")
+
+
+# ------------------------------------------------------------------ frames of clips, for the first stage
+
+
+class _FrameDataset(Dataset):
+    """Every frame of every clip of a video dataset, as an image item {"image": (C, H, W)}."""
+
+    def __init__(self, clips: Dataset, frames: int) -> None:
+        self.clips, self.frames = clips, frames
+
+    def __len__(self) -> int:
+        return len(self.clips) * self.frames
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        clip, frame = divmod(index, self.frames)
+        return {"image": self.clips[clip]["video"][frame]}
+
+
+class VideoFramesDataModule(L.LightningDataModule):
+    """A video datamodule's train/val clips seen as single frames, to train a per-frame first stage (vae).
+
+    No hyper-parameters of its own, so `ldm`'s first-stage trainer uses this object as it is."""
+
+    def __init__(self, video: L.LightningDataModule, batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        video.setup("fit")
+        self.video, self.batch_size, self.seed = video, batch_size, seed
+        self.frames = int(video.frames)
+
+    def _loader(self, clips: Dataset, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            _FrameDataset(clips, self.frames),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.video.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        # shuffled with a fixed seed: the first stage validates on 8 batches, which should span many clips
+        return self._loader(self.video.val_set or self.video.train_set, shuffle=True)
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+class VideoDiffusion(GenerativeModule):
+    """Text-to-video latent diffusion; see the module docstring."""
+
+    modality = "video"
+    default_data = "moving_shapes"
+    condition_key = "caption"  # zoo.evaluate generates for the real split's captions
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 32,
+        frames: int = 8,
+        fps: float = 8.0,
+        pixel_space: bool = False,
+        first_stage: str | None = None,
+        first_stage_config: dict[str, Any] | None = None,
+        first_stage_steps: int = 1000,
+        first_stage_batch_size: int = 64,
+        image_model: str | None = None,
+        vocab_size: int = 1024,
+        text_width: int = 128,
+        text_depth: int = 2,
+        text_heads: int = 4,
+        max_length: int = 24,
+        base_channels: int = 64,
+        channel_mults: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 2,
+        attention_levels: tuple[int, ...] = (0, 1),
+        num_heads: int = 4,
+        temporal_heads: int | None = None,
+        temporal_levels: tuple[int, ...] | None = None,
+        temporal_conditioning: bool = False,
+        dropout: float = 0.0,
+        caption_dropout: float = 0.1,
+        schedule: str = "cosine",
+        num_train_timesteps: int = 1000,
+        prediction: str = "epsilon",
+        min_snr_gamma: float | None = None,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 200,
+        sampler: str = "dpmpp_2m",
+        sampling_steps: int = 25,
+        guidance: float = 4.0,
+    ) -> None:
+        super().__init__()
+        check_options(prediction=prediction, sampler=sampler)
+        if frames < 1:
+            raise ValueError(f"frames must be at least 1, got {frames}")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        if pixel_space and (first_stage is not None or image_model is not None):
+            raise ValueError(
+                "pixel_space=True diffuses pixels directly: leave first_stage and image_model unset "
+                "(both bring a latent first stage)"
+            )
+        image_config = None
+        if image_model is not None and first_stage_config is None:
+            image_config = self._image_model_config(image_model, in_channels, image_size)
+            first_stage_config = image_config["first_stage_config"]
+        if not pixel_space and first_stage_config is None:
+            first_stage_config = _ldm_class()._first_stage_config(first_stage, in_channels, image_size)
+        self.save_hyperparameters()
+        # set explicitly: under LightningCLI, save_hyperparameters records the parsed values (None here)
+        self.hparams["first_stage_config"] = first_stage_config
+        self.fps = float(fps)  # zoo.sample writes GIFs at this rate
+
+        self.first_stage = None
+        if pixel_space:
+            self.latent_channels, self.latent_size, factor = in_channels, image_size, 1
+        else:
+            self.first_stage = build_module(registry.get_model_class("vae"), **first_stage_config)
+            self.first_stage.requires_grad_(False)
+            factor = self.first_stage.hparams.downsample_factor
+            self.latent_channels = self.first_stage.hparams.latent_channels
+            self.latent_size = image_size // factor
+        # True once the VAE weights are trained or loaded; saved with the weights
+        self.register_buffer("first_stage_ready", torch.tensor(bool(pixel_space)))
+        if self.latent_size % 2 ** (len(channel_mults) - 1):
+            raise ValueError(
+                f"latents of {self.latent_size}x{self.latent_size} do not halve {len(channel_mults) - 1} times "
+                f"(channel_mults {channel_mults}); use fewer levels"
+            )
+
+        self.text_encoder = TextEncoder(vocab_size, text_width, text_depth, text_heads, max_length)
+        self.tokenizer: CaptionTokenizer | None = None
+        self.unet = VideoUNet(
+            in_channels=self.latent_channels,
+            base_channels=base_channels,
+            channel_mults=tuple(channel_mults),
+            num_res_blocks=num_res_blocks,
+            attention_levels=tuple(attention_levels),
+            num_heads=num_heads,
+            temporal_heads=temporal_heads,
+            temporal_levels=None if temporal_levels is None else tuple(temporal_levels),
+            temporal_conditioning=temporal_conditioning,
+            dropout=dropout,
+            context_dim=text_width,
+            pooled_dim=text_width,
+        )
+        self.schedule = NoiseSchedule.make(schedule, num_train_timesteps)
+        self._preview_prompts: list[str] | None = None
+        if image_config is not None:
+            self._inflate(image_model)
+
+    # --- the first stage and inflation ---------------------------------------------------------
+
+    def _image_model_config(self, path: str, in_channels: int, image_size: int) -> dict[str, Any]:
+        from zoo.checkpoint import read_checkpoint
+
+        checkpoint = read_checkpoint(path)
+        if checkpoint.get("zoo", {}).get("model") != "ldm":
+            raise ValueError(
+                f"image_model '{path}' is a {checkpoint.get('zoo', {}).get('model')!r} checkpoint; "
+                "inflation takes an ldm checkpoint (python -m zoo.fit --model ldm)"
+            )
+        config = checkpoint["hyper_parameters"]
+        if (config.get("in_channels"), config.get("image_size")) != (in_channels, image_size):
+            raise ValueError(
+                f"image_model '{path}' is for {config.get('in_channels')}-channel {config.get('image_size')}px "
+                f"images, but this model is for {in_channels}-channel {image_size}px frames"
+            )
+        return config
+
+    def _inflate(self, path: str) -> None:
+        """Spatial U-Net, first stage, text encoder and tokenizer from an ldm; temporal layers stay identity."""
+        from zoo.checkpoint import load_model
+
+        ldm = load_model(path)
+        if ldm.clip is not None:
+            raise ValueError(f"image_model '{path}' uses a clip text encoder; inflate an ldm with its own")
+        names = ("text_width", "text_depth", "text_heads", "max_length", "vocab_size", "base_channels",
+                 "channel_mults", "num_res_blocks", "attention_levels", "num_heads")  # fmt: skip
+        differ = [n for n in names if tuple(_as_tuple(ldm.hparams[n])) != tuple(_as_tuple(self.hparams[n]))]
+        if differ:
+            raise ValueError(
+                f"image_model '{path}' was built with other {', '.join(differ)}: set them as the ldm's "
+                f"({', '.join(f'{n}={ldm.hparams[n]}' for n in differ)})"
+            )
+        self.unet.image.load_state_dict(ldm.unet.state_dict())
+        self.text_encoder.load_state_dict(ldm.text_encoder.state_dict())
+        self.first_stage.load_state_dict(ldm.first_stage.state_dict())
+        self.first_stage_ready.fill_(True)
+        self.tokenizer = ldm.tokenizer
+
+    def prepare_fit(
+        self, trainer: L.Trainer, datamodule: L.LightningDataModule, ckpt_path: str | None
+    ) -> None:
+        """Called by `zoo.fit` before training: trains the tokenizer and, unless the model is in pixel space,
+        was given a first stage, or resumes, the per-frame vae in `<run>/first_stage/` (ldm's code)."""
+        datamodule.setup("fit")
+        self._check_data(datamodule)
+        self._train_tokenizer(datamodule)
+        if ckpt_path is not None or bool(self.first_stage_ready):
+            return
+        ldm = _ldm_class()
+        if self.hparams.first_stage is not None:
+            ldm._load_first_stage(self, self.hparams.first_stage)
+            return
+        from zoo.plugins.ldm import FIRST_STAGE_FILE, _is_secondary_rank
+
+        folder = Path(trainer.default_root_dir) / "first_stage"
+        done = folder / FIRST_STAGE_FILE
+        if _is_secondary_rank():  # rank 0 trains it; the others wait for its checkpoint
+            deadline = time.monotonic() + 6 * 3600
+            while not done.exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"gave up waiting for rank 0's first stage at {done}")
+                time.sleep(5)
+            time.sleep(2)
+        else:
+            frames = VideoFramesDataModule(
+                datamodule, self.hparams.first_stage_batch_size, seed=getattr(datamodule, "seed", 0)
+            )
+            ldm._train_first_stage(self, trainer, frames, folder)
+        ldm._load_first_stage(self, str(done))
+
+    def _check_data(self, datamodule: L.LightningDataModule) -> None:
+        if getattr(datamodule, "modality", "video") != "video" or not hasattr(datamodule, "frames"):
+            raise ValueError(
+                f"video_diffusion trains on clips: {type(datamodule).__name__} is not a video datamodule "
+                "(use --data moving_shapes, moving_digits or video_folder)"
+            )
+        size = getattr(datamodule, "image_size", self.hparams.image_size)
+        if size != self.hparams.image_size:
+            raise ValueError(
+                f"the data has {size}px frames but the model is for {self.hparams.image_size}px: "
+                f"set --model.image_size {size}"
+            )
+
+    def on_fit_start(self) -> None:
+        # a Python user's own Trainer (no zoo.fit, so no prepare_fit): take the given first stage now
+        if not bool(self.first_stage_ready) and self.hparams.first_stage is not None:
+            _ldm_class()._load_first_stage(self, self.hparams.first_stage)
+
+    def train(self, mode: bool = True) -> VideoDiffusion:
+        super().train(mode)
+        if self.first_stage is not None:
+            self.first_stage.eval()  # frozen, whatever Lightning asks
+        return self
+
+    def encode_video(self, video: torch.Tensor, *, sample: bool = False) -> torch.Tensor:
+        """Clips (B, T, C, H, W) in [-1, 1] -> latents (B, T, c, h, w), frame by frame (pixels as they are)."""
+        if self.first_stage is None:
+            return video
+        latents = self.first_stage.encode_latents(video.flatten(0, 1), sample=sample)
+        return latents.unflatten(0, video.shape[:2])
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, T, c, h, w) -> clips (B, T, C, H, W) in [-1, 1] (unclamped)."""
+        if self.first_stage is None:
+            return latents
+        return self.first_stage.decode_latents(latents.flatten(0, 1)).unflatten(0, latents.shape[:2])
+
+    # --- text ------------------------------------------------------------------------------------
+
+    def _train_tokenizer(self, datamodule: L.LightningDataModule) -> None:
+        if self.tokenizer is not None:
+            return
+        train_set = getattr(datamodule, "train_set", None)
+        if train_set is None:
+            raise ValueError("video_diffusion needs a datamodule with a train_set of captioned clips")
+        # captions only: reading all clips costs ~1 ms each, so a large set is sampled
+        self.tokenizer = CaptionTokenizer.train(
+            dataset_captions(train_set, limit=2000), self.hparams.vocab_size
+        )
+        captions = sorted(set(dataset_captions(getattr(datamodule, "val_set", None) or train_set, limit=256)))
+        self._preview_prompts = captions
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and stage == "fit":
+            self._train_tokenizer(datamodule)
+
+    def encode_text(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token states (B, L, D), their mask (B, L) and the pooled embedding (B, D) of `prompts`."""
+        if self.tokenizer is None:
+            raise RuntimeError(
+                "this video_diffusion model has no tokenizer yet: train it with zoo.fit, or load it with "
+                "zoo.checkpoint.load_model"
+            )
+        ids, mask = self.tokenizer(list(prompts), self.hparams.max_length)
+        states, pooled = self.text_encoder(ids.to(self.device), mask.to(self.device))
+        return {"states": states, "mask": mask.to(self.device), "pooled": pooled}
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.unet(x, t, context=text["states"], context_mask=text["mask"], pooled=text["pooled"])
+
+    # --- training --------------------------------------------------------------------------------
+
+    def _loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        video = batch["video"]
+        if video.ndim != 5:
+            raise ValueError(f"batch['video'] must be (B, T, C, H, W), got shape {tuple(video.shape)}")
+        captions = list(batch["caption"])
+        if self.training and self.hparams.caption_dropout > 0:
+            drop = torch.rand(len(captions), generator=generator) < self.hparams.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        with torch.no_grad():
+            # a posterior draw per frame, as ldm trains; validation uses the mean (no global draws)
+            z0 = self.encode_video(video, sample=self.training and generator is None)
+        t = torch.randint(
+            0, self.hparams.num_train_timesteps, (len(z0),), device=z0.device, generator=generator
+        )
+        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
+        out = self._unet(q_sample(z0, t, noise, self.schedule), t, self.encode_text(captions))
+        return diffusion_loss(
+            out, z0, noise, t, self.schedule,
+            prediction=self.hparams.prediction, min_snr_gamma=self.hparams.min_snr_gamma,
+        )  # fmt: skip
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if not bool(self.first_stage_ready):
+            raise RuntimeError(
+                "the video model's first stage is untrained: train with `python -m zoo.fit --model "
+                "video_diffusion` (which trains it first), pass --model.first_stage runs/vae/<run>/checkpoints/"
+                "last.ckpt, or --model.pixel_space true"
+            )
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["video"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # noise from a generator seeded per batch: comparable validations, no global draws (exact resume)
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self._loss(batch, generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["video"]))
+
+    def configure_optimizers(self) -> Any:
+        trainable = [
+            p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("first_stage.")
+        ]
+        hp = self.hparams
+        return adamw_with_warmup(trainable, hp.lr, hp.weight_decay, hp.warmup_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.tokenizer is not None:
+            checkpoint["tokenizer"] = self.tokenizer.to_str()
+        if self._preview_prompts:
+            checkpoint["preview_prompts"] = list(self._preview_prompts)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "tokenizer" in checkpoint:
+            self.tokenizer = CaptionTokenizer.from_str(checkpoint["tokenizer"])
+        self._preview_prompts = checkpoint.get("preview_prompts", self._preview_prompts)
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    def _prompts(self, condition: Any, n: int) -> list[str]:
+        if condition is None:
+            return [""] * n  # unconditional
+        prompts = [condition] if isinstance(condition, str) else list(condition)
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("video_diffusion is conditioned on text: give prompts (--prompt), not labels")
+        if len(prompts) == 1:
+            prompts = prompts * n
+        if len(prompts) != n:
+            raise ValueError(f"got {len(prompts)} prompts for {n} clips")
+        return prompts
+
+    def _check_init(self, init: torch.Tensor, n: int, frames: int) -> torch.Tensor:
+        size, channels = self.hparams.image_size, self.hparams.in_channels
+        if init.ndim == 4:  # one frame (1 or n, C, H, W): image-to-video
+            init = init[:, None]
+        if init.ndim != 5 or init.shape[0] not in (1, n) or tuple(init.shape[2:]) != (channels, size, size):
+            raise ValueError(
+                f"init must be the first frames to keep, (1 or {n}, T0, {channels}, {size}, {size}) in [0, 1]; "
+                f"got shape {tuple(init.shape)}"
+            )
+        if init.shape[1] >= frames:
+            raise ValueError(
+                f"init already has {init.shape[1]} frames and {frames} were asked for: ask for more frames "
+                f"(--frames) than the clip you continue"
+            )
+        return init.to(self.device, torch.float32).expand(n, -1, -1, -1, -1)
+
+    def _sample_latents(
+        self, denoiser: Any, n: int, frames: int, known: torch.Tensor | None, options: dict[str, Any]
+    ) -> torch.Tensor:
+        """Latent clips (n, frames, c, h, w); the first known.shape[1] frames are `known`, exactly."""
+        shape = (n, frames, self.latent_channels, self.latent_size, self.latent_size)
+        mask = full = None
+        if known is not None and known.shape[1] > 0:
+            # inpainting over time: frame mask 0 = keep (the given frames), 1 = generate
+            mask = torch.ones(n, frames, 1, 1, 1, device=self.device)
+            mask[:, : known.shape[1]] = 0
+            full = torch.zeros(shape, device=self.device)
+            full[:, : known.shape[1]] = known
+        return run_sampler(denoiser, shape=shape, mask=mask, known=full, **options)
+
+    def generate(
+        self,
+        n: int,
+        *,
+        condition: Any = None,
+        generator: torch.Generator | None = None,
+        frames: int | None = None,
+        init: torch.Tensor | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        eta: float = 0.0,
+        extend: str = "direct",
+        overlap: int | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """`n` clips (n, frames, C, H, W) in [0, 1] for `condition` (one prompt for all, or n; None:
+        unconditional).
+
+        - `frames`: clip length (default: the training length). Longer clips: `extend="direct"` samples
+          all frames at once (temporal attention is relative, so any length runs); `extend="continue"`
+          samples a training-length window, then windows that keep its last `overlap` frames (default half
+          the training length) and generate the rest, until `frames` are there.
+        - `init` (1 or n, T0, C, H, W) in [0, 1] (or (1 or n, C, H, W), one frame): these first frames are
+          kept exactly and the rest is generated (image-to-video for T0 = 1, continuation for more).
+        - `negative_prompt` replaces the empty prompt of classifier-free guidance.
+        """
+        sampler = sampler or self.hparams.sampler
+        check_options(sampler=sampler)
+        if extend not in EXTEND_MODES:
+            raise ValueError(f"extend must be one of {', '.join(EXTEND_MODES)}, got {extend!r}")
+        frames = int(frames or self.hparams.frames)
+        if frames < 1:
+            raise ValueError(f"frames must be at least 1, got {frames}")
+        steps = steps or self.hparams.sampling_steps
+        guidance = self.hparams.guidance if guidance is None else guidance
+        pixels = None if init is None else self._check_init(init, n, frames)
+
+        text = self.encode_text(self._prompts(condition, n))
+        if guidance != 1.0:
+            negative = self.encode_text(
+                self._prompts(negative_prompt if negative_prompt is not None else "", n)
+            )
+            denoiser = classifier_free_guidance(self._unet, text, negative, guidance)
+        else:
+            denoiser = lambda x, t: self._unet(x, t, text)  # noqa: E731 - a denoiser is a callable
+        options = dict(
+            schedule=self.schedule, sampler=sampler, steps=steps, prediction=self.hparams.prediction,
+            generator=generator, device=self.device, eta=eta, progress=progress,
+            clip_sample=self.first_stage is None,  # pixels are bounded, latents are not
+        )  # fmt: skip
+        known = None if pixels is None else self.encode_video(pixels * 2 - 1)
+
+        window = self.hparams.frames
+        if extend == "direct" or frames <= window:
+            latents = self._sample_latents(denoiser, n, frames, known, options)
+        else:
+            keep = window // 2 if overlap is None else int(overlap)
+            if not 1 <= keep < window:
+                raise ValueError(
+                    f"overlap must be in [1, {window - 1}] (the training length is {window}), got {keep}"
+                )
+            latents = self._sample_latents(denoiser, n, window, known, options)
+            while latents.shape[1] < frames:
+                new = min(window - keep, frames - latents.shape[1])
+                tail = latents[:, -keep:]
+                more = self._sample_latents(denoiser, n, keep + new, tail, options)
+                latents = torch.cat([latents, more[:, keep:]], dim=1)
+        video = self.decode_video(latents)
+        if pixels is not None:  # the kept frames are the input's own pixels, not their VAE reconstruction
+            video[:, : pixels.shape[1]] = pixels * 2 - 1
+        return ((video + 1) / 2).clamp(0, 1)
+
+    def previews(
+        self, batch: dict[str, Any] | None, *, n: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Frames of max(1, n // T) clips for fixed prompts (the distinct validation captions, in order), one
+        clip after the other; with n = T * T (64 for 8 frames) the square grid shows one clip a row."""
+        clips = max(1, n // self.hparams.frames)
+        prompts = self._preview_prompts or ([] if batch is None else sorted(set(batch.get("caption", []))))
+        condition = [prompts[i % len(prompts)] for i in range(clips)] if prompts else None
+        return {"samples": self.generate(clips, condition=condition, generator=generator).flatten(0, 1)}
+
+
+def _as_tuple(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
