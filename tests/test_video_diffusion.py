@@ -327,12 +327,19 @@ def test_image_to_video_keeps_the_first_frame_and_continues_it(tiny_model, tmp_p
     torch.testing.assert_close(video[0], first[0], atol=1.5 / 255, rtol=0)
 
 
-def test_windowed_extension_gives_the_frames_asked_for(tiny_model):
-    model, _, _, _ = tiny_model
+def test_windowed_extension_gives_the_frames_asked_for(tiny_model, tmp_path):
+    from zoo.sample import main
+
+    model, ckpt, _, _ = tiny_model
     clips = model.generate(
         2, condition="a red circle moving right", frames=7, extend="continue", overlap=2, steps=5
     )
     assert clips.shape == (2, 7, 3, 16, 16)
+    # the same from the command line, to one named file
+    written = main(["--ckpt", str(ckpt), "--prompt", "a red circle moving right", "--frames", "7", "--extend",
+                    "continue", "--overlap", "2", "--steps", "5", "--out", str(tmp_path / "long.gif")])  # fmt: skip
+    assert written == [tmp_path / "long.gif", tmp_path / "long_grid.png"]
+    assert load_gif(tmp_path / "long.gif")[0].shape == (7, 3, 16, 16)
     with pytest.raises(ValueError, match="overlap"):
         model.generate(1, frames=7, extend="continue", overlap=4, steps=2)
     with pytest.raises(ValueError, match="extend must be one of"):

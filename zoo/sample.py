@@ -28,7 +28,7 @@ SAMPLING_FLAGS = (
     "frequency_penalty", "presence_penalty", "num_beams", "length_penalty", "early_stopping",
     "stop", "min_prob",
     # video
-    "frames",
+    "frames", "extend", "overlap",
     # speech: the vocoder checkpoint that turns an acoustic model's mels into audio
     "vocoder",
 )  # fmt: skip
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling")
     p.add_argument("--truncation", type=float, help="GANs: truncation psi (1 = none, 0 = the mean image)")
     p.add_argument("--frames", type=int, help="video families: frames per clip")
+    p.add_argument(
+        "--extend", choices=("direct", "continue"),
+        help="video families, clips longer than trained: all frames at once (direct) or window by window (continue)",
+    )  # fmt: skip
+    p.add_argument("--overlap", type=int, help="video families, --extend continue: frames each window keeps")
     p.add_argument(
         "--vocoder",
         help="text-to-speech families: a vocoder checkpoint (e.g. a hifigan run's last.ckpt); "
