@@ -47,7 +47,7 @@ from zoo.diffusion import (
 )
 from zoo.diffusion import sample as run_sampler
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module
-from zoo.nn.text import CaptionTokenizer, TextEncoder, dataset_captions
+from zoo.nn.text import CaptionConditioned, CaptionTokenizer, TextEncoder
 from zoo.nn.unet import UNet
 
 # The first stage the one command trains when no --model.first_stage is given (the `vae` recipe's
@@ -69,9 +69,10 @@ def _is_secondary_rank() -> bool:
     return any(int(os.environ.get(var, "0") or 0) > 0 for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
-class LDM(GenerativeModule):
+class LDM(CaptionConditioned, GenerativeModule):
     """Text-to-image latent diffusion; see the module docstring."""
 
+    family_name = "ldm"
     modality = "image"
     default_data = "shapes"
     condition_key = "caption"  # zoo.evaluate generates for the real split's captions
@@ -279,14 +280,8 @@ class LDM(GenerativeModule):
     # --- text ------------------------------------------------------------------------------
 
     def _train_tokenizer(self, datamodule: L.LightningDataModule) -> None:
-        if self.clip is not None or self.tokenizer is not None:
-            return
-        train_set = getattr(datamodule, "train_set", None)
-        if train_set is None:
-            raise ValueError("ldm needs a datamodule with a train_set of captioned images")
-        self.tokenizer = CaptionTokenizer.train(dataset_captions(train_set), self.hparams.vocab_size)
-        captions = sorted(set(dataset_captions(getattr(datamodule, "val_set", None) or train_set)))
-        self._preview_prompts = captions
+        if self.clip is None:  # a clip text encoder brings its own tokenizer
+            super()._train_tokenizer(datamodule)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -295,18 +290,12 @@ class LDM(GenerativeModule):
 
     def encode_text(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token states (B, L, D), their mask (B, L) and the pooled embedding (B, D) of `prompts`."""
-        if self.clip is not None:
-            states, mask = self.clip.text_states(list(prompts))
-            weights = mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-            return {"states": states, "mask": mask, "pooled": pooled}
-        if self.tokenizer is None:
-            raise RuntimeError(
-                "this ldm has no tokenizer yet: train it with zoo.fit, or load it with zoo.checkpoint.load_model"
-            )
-        ids, mask = self.tokenizer(list(prompts), self.hparams.max_length)
-        states, pooled = self.text_encoder(ids.to(self.device), mask.to(self.device))
-        return {"states": states, "mask": mask.to(self.device), "pooled": pooled}
+        if self.clip is None:
+            return super().encode_text(prompts)
+        states, mask = self.clip.text_states(list(prompts))
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return {"states": states, "mask": mask, "pooled": pooled}
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(x, t, context=text["states"], context_mask=text["mask"], pooled=text["pooled"])
@@ -358,35 +347,16 @@ class LDM(GenerativeModule):
         return adamw_with_warmup(trainable, hp.lr, hp.weight_decay, hp.warmup_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.tokenizer is not None:
-            checkpoint["tokenizer"] = self.tokenizer.to_str()
+        super().on_save_checkpoint(checkpoint)  # the tokenizer and preview prompts (CaptionConditioned)
         if self.clip is not None and self.clip.tokenizer is not None:
             checkpoint["clip_tokenizer"] = self.clip.tokenizer.to_str()
-        if self._preview_prompts:
-            checkpoint["preview_prompts"] = list(self._preview_prompts)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if "tokenizer" in checkpoint:
-            self.tokenizer = CaptionTokenizer.from_str(checkpoint["tokenizer"])
         if self.clip is not None and "clip_tokenizer" in checkpoint:
             self.clip.tokenizer = CaptionTokenizer.from_str(checkpoint["clip_tokenizer"])
-        self._preview_prompts = checkpoint.get("preview_prompts", self._preview_prompts)
 
     # --- sampling -----------------------------------------------------------------------------
-
-    def _prompts(self, condition: Any, n: int) -> list[str]:
-        if condition is None:
-            return [""] * n  # unconditional
-        prompts = [condition] if isinstance(condition, str) else list(condition)
-        if not all(isinstance(p, str) for p in prompts):
-            raise ValueError("ldm is conditioned on text: give prompts (--prompt), not labels")
-        if len(prompts) == 1:
-            prompts = prompts * n
-        if len(prompts) != n:
-            raise ValueError(f"got {len(prompts)} prompts for {n} samples")
-        return prompts
 
     def _latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
         # a latent cell is regenerated if any pixel it covers is: max-pool over the VAE's footprint

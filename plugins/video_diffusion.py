@@ -44,7 +44,7 @@ from zoo.diffusion import (
 )
 from zoo.diffusion import sample as run_sampler
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module
-from zoo.nn.text import CaptionTokenizer, TextEncoder, dataset_captions
+from zoo.nn.text import CaptionConditioned, CaptionTokenizer, TextEncoder
 from zoo.nn.video_unet import VideoUNet
 
 EXTEND_MODES = ("direct", "continue")
@@ -103,9 +103,11 @@ class VideoFramesDataModule(L.LightningDataModule):
 # -------------------------------------------------------------------------------------------- model
 
 
-class VideoDiffusion(GenerativeModule):
+class VideoDiffusion(CaptionConditioned, GenerativeModule):
     """Text-to-video latent diffusion; see the module docstring."""
 
+    family_name = "video_diffusion"
+    caption_limit = 2000  # clips are rendered on demand (~1 ms each): read a sample of the captions
     modality = "video"
     default_data = "moving_shapes"
     condition_key = "caption"  # zoo.evaluate generates for the real split's captions
@@ -319,34 +321,10 @@ class VideoDiffusion(GenerativeModule):
 
     # --- text ------------------------------------------------------------------------------------
 
-    def _train_tokenizer(self, datamodule: L.LightningDataModule) -> None:
-        if self.tokenizer is not None:
-            return
-        train_set = getattr(datamodule, "train_set", None)
-        if train_set is None:
-            raise ValueError("video_diffusion needs a datamodule with a train_set of captioned clips")
-        # captions only: reading all clips costs ~1 ms each, so a large set is sampled
-        self.tokenizer = CaptionTokenizer.train(
-            dataset_captions(train_set, limit=2000), self.hparams.vocab_size
-        )
-        captions = sorted(set(dataset_captions(getattr(datamodule, "val_set", None) or train_set, limit=256)))
-        self._preview_prompts = captions
-
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and stage == "fit":
             self._train_tokenizer(datamodule)
-
-    def encode_text(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Token states (B, L, D), their mask (B, L) and the pooled embedding (B, D) of `prompts`."""
-        if self.tokenizer is None:
-            raise RuntimeError(
-                "this video_diffusion model has no tokenizer yet: train it with zoo.fit, or load it with "
-                "zoo.checkpoint.load_model"
-            )
-        ids, mask = self.tokenizer(list(prompts), self.hparams.max_length)
-        states, pooled = self.text_encoder(ids.to(self.device), mask.to(self.device))
-        return {"states": states, "mask": mask.to(self.device), "pooled": pooled}
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(x, t, context=text["states"], context_mask=text["mask"], pooled=text["pooled"])
@@ -398,32 +376,7 @@ class VideoDiffusion(GenerativeModule):
         hp = self.hparams
         return adamw_with_warmup(trainable, hp.lr, hp.weight_decay, hp.warmup_steps)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.tokenizer is not None:
-            checkpoint["tokenizer"] = self.tokenizer.to_str()
-        if self._preview_prompts:
-            checkpoint["preview_prompts"] = list(self._preview_prompts)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "tokenizer" in checkpoint:
-            self.tokenizer = CaptionTokenizer.from_str(checkpoint["tokenizer"])
-        self._preview_prompts = checkpoint.get("preview_prompts", self._preview_prompts)
-
     # --- sampling --------------------------------------------------------------------------------
-
-    def _prompts(self, condition: Any, n: int) -> list[str]:
-        if condition is None:
-            return [""] * n  # unconditional
-        prompts = [condition] if isinstance(condition, str) else list(condition)
-        if not all(isinstance(p, str) for p in prompts):
-            raise ValueError("video_diffusion is conditioned on text: give prompts (--prompt), not labels")
-        if len(prompts) == 1:
-            prompts = prompts * n
-        if len(prompts) != n:
-            raise ValueError(f"got {len(prompts)} prompts for {n} clips")
-        return prompts
 
     def _check_init(self, init: torch.Tensor, n: int, frames: int) -> torch.Tensor:
         size, channels = self.hparams.image_size, self.hparams.in_channels

@@ -1,5 +1,6 @@
-"""Text side of text-conditioned families (`clip`, `ldm`): a byte-level BPE tokenizer trained on the
-captions, and a small transformer text encoder built from timm's blocks.
+"""Text side of text-conditioned families (`clip`, `ldm`, `video_diffusion`): a byte-level BPE tokenizer
+trained on the captions, a small transformer text encoder built from timm's blocks, and the
+`CaptionConditioned` mixin the caption-conditioned generative families share.
 
 The tokenizer is trained with the `tokenizers` library (byte-level BPE, as GPT-2 and CLIP use), so
 any string encodes, including words never seen in training. It is saved *inside the checkpoint*
@@ -136,3 +137,72 @@ def dataset_captions(dataset: Any, limit: int | None = None) -> list[str]:
             if caption is not None:
                 captions.append(caption)
     return captions[:limit] if limit is not None else captions
+
+
+class CaptionConditioned:
+    """The text side every caption-conditioned generative family shares (`ldm`, `video_diffusion`), as a
+    mixin before `GenerativeModule`: a tokenizer trained on the datamodule's captions, the distinct
+    validation captions as preview prompts, both kept in the checkpoint, prompts checked for sampling,
+    and `encode_text` through the family's own `TextEncoder`.
+
+    The family sets `self.tokenizer = None`, `self.text_encoder` and `self._preview_prompts = None` in
+    `__init__` and has the hyper-parameters `vocab_size` and `max_length`. `caption_limit` bounds how
+    many items are read for captions (None: all; datasets that render items on demand set a limit)."""
+
+    caption_limit: int | None = None
+    tokenizer: CaptionTokenizer | None
+    _preview_prompts: list[str] | None
+
+    family_name: str = ""  # in messages; the class name when unset
+
+    def _family(self) -> str:
+        return self.family_name or type(self).__name__
+
+    def _train_tokenizer(self, datamodule: Any) -> None:
+        if self.tokenizer is not None:
+            return
+        train_set = getattr(datamodule, "train_set", None)
+        if train_set is None:
+            raise ValueError(f"{self._family()} needs a datamodule with a train_set of captioned items")
+        captions = dataset_captions(train_set, limit=self.caption_limit)
+        self.tokenizer = CaptionTokenizer.train(captions, self.hparams.vocab_size)
+        shown = getattr(datamodule, "val_set", None) or train_set
+        limit = None if self.caption_limit is None else 256
+        self._preview_prompts = sorted(set(dataset_captions(shown, limit=limit)))
+
+    def encode_text(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token states (B, L, D), their mask (B, L) and the pooled embedding (B, D) of `prompts`."""
+        if self.tokenizer is None:
+            raise RuntimeError(
+                f"this {self._family()} model has no tokenizer yet: train it with zoo.fit, or load it with "
+                "zoo.checkpoint.load_model"
+            )
+        ids, mask = self.tokenizer(list(prompts), self.hparams.max_length)
+        states, pooled = self.text_encoder(ids.to(self.device), mask.to(self.device))
+        return {"states": states, "mask": mask.to(self.device), "pooled": pooled}
+
+    def _prompts(self, condition: Any, n: int) -> list[str]:
+        """`condition` (None: unconditional, one prompt for all, or n prompts) as n prompts."""
+        if condition is None:
+            return [""] * n
+        prompts = [condition] if isinstance(condition, str) else list(condition)
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"{self._family()} is conditioned on text: give prompts (--prompt), not labels")
+        if len(prompts) == 1:
+            prompts = prompts * n
+        if len(prompts) != n:
+            raise ValueError(f"got {len(prompts)} prompts for {n} samples")
+        return prompts
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.tokenizer is not None:
+            checkpoint["tokenizer"] = self.tokenizer.to_str()
+        if self._preview_prompts:
+            checkpoint["preview_prompts"] = list(self._preview_prompts)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "tokenizer" in checkpoint:
+            self.tokenizer = CaptionTokenizer.from_str(checkpoint["tokenizer"])
+        self._preview_prompts = checkpoint.get("preview_prompts", self._preview_prompts)
