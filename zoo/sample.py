@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a checkpoint written by zoo.fit (e.g. runs/vae/<run>/checkpoints/last.ckpt)",
     )
     p.add_argument("--num", type=int, help="number of samples (default 64; with --mel / --wav, one per file)")
-    p.add_argument("--out", default="samples", help="output folder (default samples/)")
+    p.add_argument(
+        "--out",
+        default="samples",
+        help="output folder (default samples/), or one file: clip.gif, hello.wav, x.png",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="samples generated at once (default 64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
@@ -293,6 +297,15 @@ def _write_one(
         sample = model.generate(1, condition=condition, generator=generator, **options)
     except ValueError as err:
         raise SystemExit(f"python -m zoo.sample: error: {type(model).__name__}: {err}") from err
+    try:
+        written = _save_one(model, sample, out)
+    except (ValueError, RuntimeError) as err:  # a NaN sample, a missing MP4 codec: named, no traceback
+        raise SystemExit(f"python -m zoo.sample: error: {err}") from err
+    print(f"wrote {', '.join(str(p) for p in written)} (seed {args.seed})")
+    return written
+
+
+def _save_one(model: Any, sample: Any, out: Path) -> list[Path]:
     written = [out]
     if model.modality == "image":
         from torchvision.utils import save_image
@@ -306,15 +319,11 @@ def _write_one(
     elif model.modality == "video":
         from zoo.io.video import save_frame_grid, save_gif, save_mp4
 
-        try:
-            (save_mp4 if out.suffix.lower() == ".mp4" else save_gif)(sample[0], out, _video_fps(model))
-        except (ValueError, RuntimeError) as err:
-            raise SystemExit(f"python -m zoo.sample: error: {err}") from err
+        (save_mp4 if out.suffix.lower() == ".mp4" else save_gif)(sample[0], out, _video_fps(model))
         written.append(save_frame_grid(sample, out.with_name(out.stem + "_grid.png")))
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(sample[0] + "\n", encoding="utf-8")
-    print(f"wrote {', '.join(str(p) for p in written)} (seed {args.seed})")
     return written
 
 
