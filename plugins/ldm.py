@@ -41,9 +41,7 @@ from zoo.diffusion import (
     NoiseSchedule,
     check_options,
     classifier_free_guidance,
-    diffusion_loss,
     outpaint_canvas,
-    q_sample,
 )
 from zoo.diffusion import sample as run_sampler
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module
@@ -297,29 +295,15 @@ class LDM(CaptionConditioned, GenerativeModule):
         pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return {"states": states, "mask": mask, "pooled": pooled}
 
-    def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.unet(x, t, context=text["states"], context_mask=text["mask"], pooled=text["pooled"])
-
     # --- training -----------------------------------------------------------------------------
 
     def _loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         images = batch["image"]
-        captions = list(batch["caption"])
-        if self.training and self.hparams.caption_dropout > 0:
-            drop = torch.rand(len(captions), generator=generator) < self.hparams.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        captions = self._drop_captions(batch["caption"], generator)
         with torch.no_grad():
             # a posterior draw, as Stable Diffusion trains; validation uses the mean (no global draws)
             z0 = self.first_stage.encode_latents(images, sample=self.training and generator is None)
-        t = torch.randint(
-            0, self.hparams.num_train_timesteps, (len(z0),), device=z0.device, generator=generator
-        )
-        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
-        out = self._unet(q_sample(z0, t, noise, self.schedule), t, self.encode_text(captions))
-        return diffusion_loss(
-            out, z0, noise, t, self.schedule,
-            prediction=self.hparams.prediction, min_snr_gamma=self.hparams.min_snr_gamma,
-        )  # fmt: skip
+        return self._caption_loss(z0, captions, generator)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if not bool(self.first_stage_ready):

@@ -39,8 +39,6 @@ from zoo.diffusion import (
     NoiseSchedule,
     check_options,
     classifier_free_guidance,
-    diffusion_loss,
-    q_sample,
 )
 from zoo.diffusion import sample as run_sampler
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module
@@ -326,31 +324,17 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
         if datamodule is not None and stage == "fit":
             self._train_tokenizer(datamodule)
 
-    def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.unet(x, t, context=text["states"], context_mask=text["mask"], pooled=text["pooled"])
-
     # --- training --------------------------------------------------------------------------------
 
     def _loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         video = batch["video"]
         if video.ndim != 5:
             raise ValueError(f"batch['video'] must be (B, T, C, H, W), got shape {tuple(video.shape)}")
-        captions = list(batch["caption"])
-        if self.training and self.hparams.caption_dropout > 0:
-            drop = torch.rand(len(captions), generator=generator) < self.hparams.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        captions = self._drop_captions(batch["caption"], generator)
         with torch.no_grad():
             # a posterior draw per frame, as ldm trains; validation uses the mean (no global draws)
             z0 = self.encode_video(video, sample=self.training and generator is None)
-        t = torch.randint(
-            0, self.hparams.num_train_timesteps, (len(z0),), device=z0.device, generator=generator
-        )
-        noise = torch.randn(z0.shape, device=z0.device, generator=generator)
-        out = self._unet(q_sample(z0, t, noise, self.schedule), t, self.encode_text(captions))
-        return diffusion_loss(
-            out, z0, noise, t, self.schedule,
-            prediction=self.hparams.prediction, min_snr_gamma=self.hparams.min_snr_gamma,
-        )  # fmt: skip
+        return self._caption_loss(z0, captions, generator)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if not bool(self.first_stage_ready):

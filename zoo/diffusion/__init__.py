@@ -21,6 +21,7 @@ from zoo.diffusion.schedule import (
     scaled_linear_betas,
 )
 from zoo.diffusion.training import (
+    denoising_loss,
     diffusion_loss,
     elbo_bits_per_dim,
     elbo_terms,
@@ -38,6 +39,7 @@ __all__ = [
     "cosine_betas",
     "ddim",
     "ddpm",
+    "denoising_loss",
     "diffusion_loss",
     "dpmpp_2m",
     "drop_condition",

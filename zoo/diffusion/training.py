@@ -117,6 +117,24 @@ def diffusion_loss(
     return per_example.mean()
 
 
+def denoising_loss(
+    denoiser: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    schedule: NoiseSchedule,
+    *,
+    num_train_timesteps: int,
+    prediction: Prediction = "epsilon",
+    min_snr_gamma: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One training step's loss: uniform timesteps and Gaussian noise (drawn in that order, from `generator`
+    when given), `denoiser(x_t, t)` on the noised `x0`, and `diffusion_loss` of its output."""
+    t = torch.randint(0, num_train_timesteps, (len(x0),), device=x0.device, generator=generator)
+    noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+    out = denoiser(q_sample(x0, t, noise, schedule), t)
+    return diffusion_loss(out, x0, noise, t, schedule, prediction=prediction, min_snr_gamma=min_snr_gamma)
+
+
 # --- the variational bound (Ho et al. 2020, eq. 5; Nichol & Dhariwal 2021, section 2) ---------------------
 
 

@@ -145,8 +145,9 @@ class CaptionConditioned:
     validation captions as preview prompts, both kept in the checkpoint, prompts checked for sampling,
     and `encode_text` through the family's own `TextEncoder`.
 
-    The family sets `self.tokenizer = None`, `self.text_encoder` and `self._preview_prompts = None` in
-    `__init__` and has the hyper-parameters `vocab_size` and `max_length`. `caption_limit` bounds how
+    The family sets `self.tokenizer = None`, `self.text_encoder`, `self.unet` (text by cross-attention and
+    a pooled embedding), `self.schedule` and `self._preview_prompts = None` in `__init__`, and has the
+    hyper-parameters `vocab_size`, `max_length`, `caption_dropout` and those of `denoising_loss`. `caption_limit` bounds how
     many items are read for captions (None: all; datasets that render items on demand set a limit)."""
 
     caption_limit: int | None = None
@@ -180,6 +181,31 @@ class CaptionConditioned:
         ids, mask = self.tokenizer(list(prompts), self.hparams.max_length)
         states, pooled = self.text_encoder(ids.to(self.device), mask.to(self.device))
         return {"states": states, "mask": mask.to(self.device), "pooled": pooled}
+
+    def _drop_captions(self, captions: Sequence[str], generator: torch.Generator | None) -> list[str]:
+        """While training, each caption replaced by "" with probability `caption_dropout`: the unconditional
+        half of classifier-free guidance, learned by the same network."""
+        captions = list(captions)
+        if self.training and self.hparams.caption_dropout > 0:
+            drop = torch.rand(len(captions), generator=generator) < self.hparams.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        return captions
+
+    def _caption_loss(
+        self, z0: torch.Tensor, captions: Sequence[str], generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The denoising loss of clean latents `z0` with the U-Net conditioned on `captions`."""
+        from zoo.diffusion import denoising_loss
+
+        hp = self.hparams
+        return denoising_loss(
+            lambda x_t, t: self._unet(x_t, t, self.encode_text(captions)),
+            z0, self.schedule, num_train_timesteps=hp.num_train_timesteps, prediction=hp.prediction,
+            min_snr_gamma=hp.min_snr_gamma, generator=generator,
+        )  # fmt: skip
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.unet(x, t, context=text["states"], context_mask=text["mask"], pooled=text["pooled"])
 
     def _prompts(self, condition: Any, n: int) -> list[str]:
         """`condition` (None: unconditional, one prompt for all, or n prompts) as n prompts."""
