@@ -197,15 +197,7 @@ class UNet(nn.Module):
     ) -> torch.Tensor:
         if t.ndim == 0:
             t = t.expand(len(x))
-        embedding = self.time_mlp(timestep_embedding(t, self.base_channels))
-        if self.label_embedding is not None:
-            if label is None:  # unconditional: the null label
-                label = torch.full((len(x),), self.num_classes, device=x.device, dtype=torch.long)
-            embedding = embedding + self.label_embedding(label)
-        if self.pooled_projection is not None:
-            if pooled is None:
-                raise ValueError("this U-Net was built with pooled_dim: pass pooled (B, pooled_dim)")
-            embedding = embedding + self.pooled_projection(pooled)
+        embedding = self.embed(t, label, pooled)
         h = self.conv_in(x)
         hs = [h]
         for blocks in self.down:
@@ -215,6 +207,22 @@ class UNet(nn.Module):
         for blocks in self.up:
             h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), embedding, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def embed(
+        self, t: torch.Tensor, label: torch.Tensor | None = None, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The embedding every ResBlock adds: timestep (B,), plus the label's (None: the null label) and the
+        pooled context's when the network has them. (B, 4 * base_channels)."""
+        embedding = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if self.label_embedding is not None:
+            if label is None:  # unconditional: the null label
+                label = torch.full((len(t),), self.num_classes, device=t.device, dtype=torch.long)
+            embedding = embedding + self.label_embedding(label)
+        if self.pooled_projection is not None:
+            if pooled is None:
+                raise ValueError("this U-Net was built with pooled_dim: pass pooled (B, pooled_dim)")
+            embedding = embedding + self.pooled_projection(pooled)
+        return embedding
 
     @staticmethod
     def _run(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet, timestep_embedding
+from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet
 
 __all__ = ["TemporalAttention", "VideoUNet", "inflate_image_unet", "rotary_embedding"]
 
@@ -181,15 +181,7 @@ class VideoUNet(nn.Module):
         net = self.image
         t, label, context, context_mask, pooled = map(per_frame, (t, label, context, context_mask, pooled))
         # the image UNet's forward, unrolled so that temporal blocks can follow each ResBlock group
-        embedding = net.time_mlp(timestep_embedding(t, net.base_channels))
-        if net.label_embedding is not None:
-            if label is None:
-                label = torch.full((len(t),), net.num_classes, device=x.device, dtype=torch.long)
-            embedding = embedding + net.label_embedding(label)
-        if net.pooled_projection is not None:
-            if pooled is None:
-                raise ValueError("this U-Net was built with pooled_dim: pass pooled (B, pooled_dim)")
-            embedding = embedding + net.pooled_projection(pooled)
+        embedding = net.embed(t, label, pooled)
         h = net.conv_in(x.flatten(0, 1))
         hs = [h]
         for blocks, temporal in zip(net.down, self.temporal_down, strict=True):
