@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/out/video_diffusion")
+    parser.add_argument(
+        "--direction-only", action="store_true", help="stop after the direction prompts (a quick check)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -152,6 +155,9 @@ def main() -> None:
     save_frame_grid(clips[order], out / "direction_prompts.png")
     save_gifs(clips[order[:8]], out / "gifs", fps=model.fps)
     (out / "direction_prompts.txt").write_text("\n".join(prompts[i] for i in order) + "\n")
+    if args.direction_only:
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        return
 
     # --- sampling time for a batch of 16 (the checkpoint's defaults)
     start = time.perf_counter()

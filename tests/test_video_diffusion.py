@@ -68,10 +68,18 @@ def test_temporal_attention_mixes_only_along_time():
     assert (change[0, :, y, xx] > 1e-4).all()  # every frame of that clip at that position
 
 
-@pytest.mark.parametrize("conditioned", [False, True], ids=["plain", "adaln"])
-def test_spatial_layers_mix_only_within_a_frame_and_temporal_layers_across(conditioned):
+FRAME_OPTIONS = {
+    "plain": {},
+    "adaln": {"temporal_conditioning": True},
+    "absolute": {"absolute_positions": True},
+    "frame_embedding": {"frame_embedding": True, "absolute_positions": True},
+}
+
+
+@pytest.mark.parametrize("options", FRAME_OPTIONS.values(), ids=FRAME_OPTIONS.keys())
+def test_spatial_layers_mix_only_within_a_frame_and_temporal_layers_across(options):
     torch.manual_seed(0)
-    net = VideoUNet(temporal_conditioning=conditioned, **SMALL)
+    net = VideoUNet(**options, **SMALL)
     _randomise(net.image)  # spatial layers non-trivial, temporal layers still the identity
     x = torch.randn(2, 4, 3, 16, 16)
     bumped = x.clone()
@@ -107,10 +115,30 @@ def test_rotary_positions_make_attention_scores_depend_on_frame_distance_only():
     assert torch.equal(rotary_embedding(q, torch.tensor([0])), q)
 
 
-def test_inflated_image_unet_reproduces_the_image_model_on_every_frame():
+def test_absolute_frame_positions_tell_frames_of_a_still_clip_apart():
+    """Why the absolute options exist: with rotary positions alone, a clip whose frames are all the same gives
+    the same output on every frame (attention over equal values returns them, at any relative weights), so
+    nothing can draw "frame 0 of a clip moving left" differently from frame 7."""
+    torch.manual_seed(0)
+    still = torch.randn(1, 1, 3, 16, 16).expand(1, 6, 3, 16, 16).contiguous()
+    t, text = torch.tensor([500.0]), _text(1)
+
+    def spread_over_frames(**options: bool) -> float:
+        net = _randomise(VideoUNet(**options, **SMALL), seed=2).eval()
+        with torch.no_grad():
+            out = net(still, t, **text)[0]  # (T, C, H, W)
+        return float((out - out.mean(0)).abs().max())
+
+    assert spread_over_frames() < 1e-5
+    assert spread_over_frames(absolute_positions=True) > 1e-2
+    assert spread_over_frames(frame_embedding=True) > 1e-2
+
+
+@pytest.mark.parametrize("options", FRAME_OPTIONS.values(), ids=FRAME_OPTIONS.keys())
+def test_inflated_image_unet_reproduces_the_image_model_on_every_frame(options):
     torch.manual_seed(0)
     image = _randomise(UNet(**SMALL)).eval()
-    video = inflate_image_unet(image).eval()
+    video = inflate_image_unet(image, **options).eval()
     x = torch.randn(2, 3, 3, 16, 16)
     t = torch.tensor([10.0, 900.0])
     text = _text(2)
@@ -125,7 +153,7 @@ def test_inflated_image_unet_reproduces_the_image_model_on_every_frame():
                 single = image(x[i, f][None], t[i][None], **{k: v[i][None] for k, v in text.items()})
                 torch.testing.assert_close(out[i, f], single[0], rtol=1e-5, atol=1e-5)
     # from a state dict with the UNet arguments; wrong arguments are named
-    again = inflate_image_unet(image.state_dict(), **SMALL)
+    again = inflate_image_unet(image.state_dict(), **options, **SMALL)
     with torch.no_grad():
         assert torch.equal(again(x, t, **text), out)
     with pytest.raises(ValueError, match="do not fit"):

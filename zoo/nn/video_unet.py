@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet
+from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet, timestep_embedding
 
 __all__ = ["TemporalAttention", "VideoUNet", "inflate_image_unet", "rotary_embedding"]
 
@@ -57,11 +57,17 @@ class TemporalAttention(nn.Module):
     LayerNorm over channels (per frame and position, not GroupNorm over the frame), so that nothing in
     this block mixes positions; rotary frame positions; output projection zero-initialised (identity)."""
 
-    def __init__(self, channels: int, num_heads: int, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, channels: int, num_heads: int, embed_dim: int | None = None, absolute_positions: bool = False
+    ) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"temporal attention: {channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
+        # sinusoidal frame-index encoding added to the normalised tokens (AnimateDiff's motion module, Guo
+        # et al. 2023): with rotary positions alone a frame cannot tell where in the clip it is, so frames
+        # of equal content attend alike and a clip cannot place "frame k of a left-moving clip"
+        self.absolute_positions = absolute_positions
         self.norm = nn.LayerNorm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
@@ -90,8 +96,10 @@ class TemporalAttention(nn.Module):
             ).chunk(2, dim=-1)
             tokens = rearrange(tokens, "(b n) t c -> b n t c", b=bt // frames)
             tokens = rearrange(tokens * (1 + scale) + shift, "b n t c -> (b n) t c")
-        q, k, v = rearrange(self.qkv(tokens), "n t (three h d) -> three n h t d", three=3, h=self.num_heads)
         positions = torch.arange(frames, device=x.device)
+        if self.absolute_positions:
+            tokens = tokens + timestep_embedding(positions, c).to(tokens.dtype)
+        q, k, v = rearrange(self.qkv(tokens), "n t (three h d) -> three n h t d", three=3, h=self.num_heads)
         q, k = rotary_embedding(q, positions), rotary_embedding(k, positions)
         # explicit softmax attention: for sequences of a few frames it is faster on a CPU than the fused
         # kernel (measured 1.5x), and it is the same function
@@ -126,11 +134,20 @@ class VideoUNet(nn.Module):
         temporal_heads: int | None = None,
         temporal_levels: tuple[int, ...] | None = None,
         temporal_conditioning: bool = False,
+        absolute_positions: bool = False,
+        frame_embedding: bool = False,
         **unet_args: Any,
     ) -> None:
         super().__init__()
         self.image = UNet(**unet_args)
-        embed_dim = 4 * self.image.base_channels if temporal_conditioning else None
+        width = 4 * self.image.base_channels  # the image U-Net's embedding width
+        embed_dim = width if temporal_conditioning else None
+        # the frame index, embedded and added to every ResBlock's embedding (so every spatial layer knows
+        # which frame it draws); zero-initialised, so an inflated image model is unchanged
+        self.frame_embedding = nn.Linear(width, width) if frame_embedding else None
+        if self.frame_embedding is not None:
+            nn.init.zeros_(self.frame_embedding.weight)
+            nn.init.zeros_(self.frame_embedding.bias)
         heads = temporal_heads or unet_args.get("num_heads", 4)
         levels = len(unet_args.get("channel_mults", (1, 2, 2)))
         wanted = set(range(levels) if temporal_levels is None else temporal_levels)
@@ -142,7 +159,7 @@ class VideoUNet(nn.Module):
             # layer: keeps the indices aligned with the image U-Net's lists
             return nn.ModuleList(
                 [
-                    TemporalAttention(_width(g), heads)
+                    TemporalAttention(_width(g), heads, absolute_positions=absolute_positions)
                     if _has_resblock(g) and level in wanted
                     else nn.Identity()
                     for g, level in zip(groups, group_levels, strict=True)
@@ -156,7 +173,7 @@ class VideoUNet(nn.Module):
         per_level = len(self.image.up) // levels  # num_res_blocks + 1 groups a level on the way up
         up_levels = [levels - 1 - i // per_level for i in range(len(self.image.up))]
         self.temporal_down = temporal(self.image.down, down_levels)
-        self.temporal_mid = TemporalAttention(_width(self.image.mid), heads, embed_dim)
+        self.temporal_mid = TemporalAttention(_width(self.image.mid), heads, embed_dim, absolute_positions)
         self.temporal_up = temporal(self.image.up, up_levels)
 
     def forward(
@@ -182,6 +199,9 @@ class VideoUNet(nn.Module):
         t, label, context, context_mask, pooled = map(per_frame, (t, label, context, context_mask, pooled))
         # the image UNet's forward, unrolled so that temporal blocks can follow each ResBlock group
         embedding = net.embed(t, label, pooled)
+        if self.frame_embedding is not None:
+            index = timestep_embedding(torch.arange(frames, device=x.device), embedding.shape[-1])
+            embedding = embedding + self.frame_embedding(index.to(embedding.dtype)).repeat(b, 1)
         h = net.conv_in(x.flatten(0, 1))
         hs = [h]
         for blocks, temporal in zip(net.down, self.temporal_down, strict=True):
