@@ -75,6 +75,19 @@ def test_zero_terminal_snr_rescale():
     torch.testing.assert_close(sab_new, affine, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_snr_shift_divides_the_snr_by_its_square(name):
+    """Hoogeboom et al. 2023: log-SNR moves down by 2 log(shift) at every step; shift 1 changes nothing."""
+    base = NoiseSchedule.make(name, 1000)
+    for shift in (2.0, 4.0, 0.5):
+        shifted = NoiseSchedule.make(name, 1000, snr_shift=shift)
+        torch.testing.assert_close(shifted.snr, base.snr / shift**2, rtol=1e-9, atol=0)
+        assert ((shifted.betas > 0) & (shifted.betas <= 1)).all()
+    torch.testing.assert_close(NoiseSchedule.make(name, 1000, snr_shift=1.0).betas, base.betas)
+    with pytest.raises(ValueError, match="shift must be positive"):
+        NoiseSchedule.make(name, 1000, snr_shift=0.0)
+
+
 def test_snr_and_sigmas():
     s = NoiseSchedule.make("cosine", 100)
     ab = torch.cumprod(1 - s.betas, 0)

@@ -13,6 +13,7 @@ from torch.distributions import Normal, kl_divergence
 from zoo.diffusion import (
     NoiseSchedule,
     convert_prediction,
+    denoising_loss,
     diffusion_loss,
     elbo_bits_per_dim,
     elbo_terms,
@@ -244,3 +245,42 @@ def test_elbo_is_parameterisation_independent():
     ]
     for b in bounds[1:]:
         torch.testing.assert_close(b, bounds[0])
+
+
+def _drawn_timesteps(n: int, seed: int, **options: float) -> torch.Tensor:
+    """The timesteps denoising_loss draws for a batch of n, read from inside the denoiser."""
+    seen: list[torch.Tensor] = []
+
+    def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(t)
+        return torch.zeros_like(x_t)
+
+    schedule = NoiseSchedule.make("cosine", 1000)
+    x0 = torch.zeros(n, 1)
+    denoising_loss(
+        denoiser,
+        x0,
+        schedule,
+        num_train_timesteps=1000,
+        generator=torch.Generator().manual_seed(seed),
+        **options,
+    )
+    return seen[0]
+
+
+def test_denoising_loss_draws_uniform_timesteps_then_noise_in_that_order():
+    t = _drawn_timesteps(8, seed=3)
+    expected = torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(t, expected)  # what recorded runs drew: 0 high-noise fraction changes nothing
+
+
+def test_high_noise_fraction_moves_that_share_of_timesteps_to_the_top_of_the_schedule():
+    everything = _drawn_timesteps(4000, seed=0, high_noise_fraction=1.0, high_noise_start=0.9)
+    assert everything.min() >= 900 and everything.max() <= 999
+    half = _drawn_timesteps(20000, seed=1, high_noise_fraction=0.5, high_noise_start=0.9)
+    # P(t >= 900) = 0.5 (the high-noise draws) + 0.5 * 0.1 (the uniform ones): 0.55; 4 sigma is 0.014
+    assert abs((half >= 900).float().mean().item() - 0.55) < 0.014
+    below = half[half < 900].float()  # the rest stays uniform below 900: mean 449.5
+    assert abs(below.mean().item() - 449.5) < 12
+    with pytest.raises(ValueError, match="high_noise_fraction"):
+        _drawn_timesteps(4, seed=0, high_noise_fraction=1.5)

@@ -478,3 +478,14 @@ def test_an_ldm_inflates_into_a_video_model_that_reproduces_it_frame_by_frame(in
     ckpt.rename(ckpt.with_suffix(".moved"))
     rebuilt = VideoDiffusion(**dict(video.hparams))
     assert rebuilt.hparams.first_stage_config == video.hparams.first_stage_config
+
+
+def test_a_frozen_text_encoder_is_left_out_of_the_optimiser():
+    from zoo.plugins.video_diffusion import VideoDiffusion
+
+    model = VideoDiffusion(**{**TINY, "freeze_text_encoder": True})
+    optimised = {
+        id(p) for group in model.configure_optimizers()["optimizer"].param_groups for p in group["params"]
+    }
+    assert not any(id(p) in optimised for p in model.text_encoder.parameters())
+    assert all(id(p) in optimised for p in model.unet.parameters())

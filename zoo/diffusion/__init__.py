@@ -19,6 +19,7 @@ from zoo.diffusion.schedule import (
     linear_betas,
     rescale_zero_terminal_snr,
     scaled_linear_betas,
+    shift_snr,
 )
 from zoo.diffusion.training import (
     denoising_loss,
@@ -58,6 +59,7 @@ __all__ = [
     "q_sample",
     "rescale_guidance",
     "rescale_zero_terminal_snr",
+    "shift_snr",
     "sample",
     "scaled_linear_betas",
     "score_from_eps",

@@ -21,6 +21,7 @@ __all__ = [
     "linear_betas",
     "rescale_zero_terminal_snr",
     "scaled_linear_betas",
+    "shift_snr",
 ]
 
 
@@ -62,6 +63,19 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
     return 1 - alphas
 
 
+def shift_snr(betas: Tensor, shift: float) -> Tensor:
+    """Betas whose signal-to-noise ratio is the given schedule's divided by shift^2 at every step: log-SNR moved
+    down by 2 log(shift), i.e. alpha_bar' = alpha_bar / (alpha_bar + shift^2 (1 - alpha_bar)) (Hoogeboom et al.
+    2023, "simple diffusion", section 3.1; Esser et al. 2024, SD3, section 5.3.2). Data with more redundancy
+    (higher resolution, many frames of one scene) stays recognisable at a lower SNR, so the steps where its
+    layout is decided lie at higher noise; shifting spends more of training and sampling there."""
+    if not shift > 0:
+        raise ValueError(f"shift must be positive, got {shift}")
+    ab = torch.cumprod(1 - betas.to(torch.float64), 0)
+    ab = ab / (ab + shift**2 * (1 - ab))
+    return 1 - torch.cat([ab[:1], ab[1:] / ab[:-1]])
+
+
 _SCHEDULES = {"linear": linear_betas, "scaled_linear": scaled_linear_betas, "cosine": cosine_betas}
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -87,14 +101,18 @@ class NoiseSchedule:
         name: str = "linear",
         num_train_timesteps: int = 1000,
         zero_terminal_snr: bool = False,
+        snr_shift: float = 1.0,
         **kwargs: float,
     ) -> NoiseSchedule:
         """A named schedule: "linear" (beta 1e-4 .. 0.02, Ho et al.), "scaled_linear" (0.00085 .. 0.012,
         Stable Diffusion) or "cosine" (Nichol & Dhariwal). `kwargs` go to the beta function
-        (`beta_start`, `beta_end`; `s`, `max_beta`). `zero_terminal_snr` applies Lin et al.'s rescaling."""
+        (`beta_start`, `beta_end`; `s`, `max_beta`). `snr_shift` divides the SNR by its square (`shift_snr`);
+        `zero_terminal_snr` then applies Lin et al.'s rescaling."""
         if name not in _SCHEDULES:
             raise ValueError(f"unknown schedule {name!r}; known: {sorted(_SCHEDULES)}")
         betas = _SCHEDULES[name](num_train_timesteps, **kwargs)
+        if snr_shift != 1.0:
+            betas = shift_snr(betas, snr_shift)
         if zero_terminal_snr:
             betas = rescale_zero_terminal_snr(betas)
         return cls(betas)

@@ -126,10 +126,26 @@ def denoising_loss(
     prediction: Prediction = "epsilon",
     min_snr_gamma: float | None = None,
     generator: torch.Generator | None = None,
+    high_noise_fraction: float = 0.0,
+    high_noise_start: float = 0.9,
 ) -> Tensor:
     """One training step's loss: uniform timesteps and Gaussian noise (drawn in that order, from `generator`
-    when given), `denoiser(x_t, t)` on the noised `x0`, and `diffusion_loss` of its output."""
+    when given), `denoiser(x_t, t)` on the noised `x0`, and `diffusion_loss` of its output.
+
+    `high_noise_fraction` of the timesteps are instead drawn from the top of the schedule,
+    [high_noise_start * T, T): more training where the conditioning decides the sample's layout (for video,
+    its motion); see docs/families/video_diffusion.md. 0 keeps the draws exactly as before."""
     t = torch.randint(0, num_train_timesteps, (len(x0),), device=x0.device, generator=generator)
+    if high_noise_fraction > 0:
+        if not 0 < high_noise_fraction <= 1 or not 0 <= high_noise_start < 1:
+            raise ValueError(
+                f"high_noise_fraction must be in (0, 1] and high_noise_start in [0, 1), got "
+                f"{high_noise_fraction} and {high_noise_start}"
+            )
+        first = int(high_noise_start * num_train_timesteps)
+        high = torch.randint(first, num_train_timesteps, (len(x0),), device=x0.device, generator=generator)
+        pick = torch.rand(len(x0), device=x0.device, generator=generator) < high_noise_fraction
+        t = torch.where(pick, high, t)
     noise = torch.randn(x0.shape, device=x0.device, generator=generator)
     out = denoiser(q_sample(x0, t, noise, schedule), t)
     return diffusion_loss(out, x0, noise, t, schedule, prediction=prediction, min_snr_gamma=min_snr_gamma)

@@ -202,6 +202,7 @@ class CaptionConditioned:
             lambda x_t, t: self._unet(x_t, t, self.encode_text(captions)),
             z0, self.schedule, num_train_timesteps=hp.num_train_timesteps, prediction=hp.prediction,
             min_snr_gamma=hp.min_snr_gamma, generator=generator,
+            high_noise_fraction=hp.get("high_noise_fraction", 0.0), high_noise_start=hp.get("high_noise_start", 0.9),
         )  # fmt: skip
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
