@@ -10,8 +10,12 @@ Built from the parts the image families already have (nothing here re-implements
   group; `--model.image_model LDM_CKPT` inflates an `ldm`'s U-Net (and takes its first stage, text
   encoder and tokenizer), so training starts from a model that already draws the frames;
 - text: `zoo.nn.text` (byte-level BPE tokenizer trained on the captions, a small transformer encoder
-  trained jointly), cross-attention in every attention level, pooled text added to the timestep
-  embedding, caption dropout for classifier-free guidance (`zoo.diffusion.classifier_free_guidance`);
+  trained jointly, or frozen at its initialisation with `freeze_text_encoder` as in the recipe, so that
+  words the denoiser learns late, like the direction, are not merged first), cross-attention in every
+  attention level, pooled text added to the timestep embedding, caption dropout for classifier-free
+  guidance (`zoo.diffusion.classifier_free_guidance`);
+- training: the denoising loss of `zoo.diffusion`, with `high_noise_fraction` of the timesteps drawn
+  from the top of the schedule, where the caption decides the motion (docs/families/video_diffusion.md);
 - sampling: any sampler of `zoo.diffusion`; image-to-video and continuation are the core's inpainting
   over time (the given frames are the known region, mask 0; the rest is generated); clips longer than
   the training length either in one pass (relative frame positions) or window by window, each window

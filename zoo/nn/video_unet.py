@@ -15,6 +15,10 @@ Frame positions enter the temporal attention as rotary embeddings (Su et al. 202
 attention scores depend only on the distance between two frames, so a model trained on 8 frames runs on
 16 (the distances beyond 7 are unseen, so quality there is measured, not promised; see
 docs/families/video_diffusion.md).
+Relative positions cannot tell a frame where in the clip it is, so two options add absolute ones, both
+keeping inflation exact: `absolute_positions` (a sinusoidal frame-index encoding added to the temporal
+blocks' tokens, as AnimateDiff's motion module) and `frame_embedding` (an embedding of the frame index added
+to every ResBlock's timestep embedding through a zero-initialised projection).
 
     net = VideoUNet(in_channels=4, base_channels=64, channel_mults=(1, 2), attention_levels=(0, 1), context_dim=128)
     out = net(x_t, t, context=states, context_mask=mask, pooled=pooled)   # x_t (B, T, C, H, W), t (B,)
