@@ -282,5 +282,6 @@ def test_high_noise_fraction_moves_that_share_of_timesteps_to_the_top_of_the_sch
     assert abs((half >= 900).float().mean().item() - 0.55) < 0.014
     below = half[half < 900].float()  # the rest stays uniform below 900: mean 449.5
     assert abs(below.mean().item() - 449.5) < 12
-    with pytest.raises(ValueError, match="high_noise_fraction"):
-        _drawn_timesteps(4, seed=0, high_noise_fraction=1.5)
+    for wrong in (1.5, -0.5):
+        with pytest.raises(ValueError, match="high_noise_fraction"):
+            _drawn_timesteps(4, seed=0, high_noise_fraction=wrong)

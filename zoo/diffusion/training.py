@@ -136,7 +136,7 @@ def denoising_loss(
     [high_noise_start * T, T): more training where the conditioning decides the sample's layout (for video,
     its motion); see docs/families/video_diffusion.md. 0 keeps the draws exactly as before."""
     t = torch.randint(0, num_train_timesteps, (len(x0),), device=x0.device, generator=generator)
-    if high_noise_fraction > 0:
+    if high_noise_fraction != 0:
         if not 0 < high_noise_fraction <= 1 or not 0 <= high_noise_start < 1:
             raise ValueError(
                 f"high_noise_fraction must be in (0, 1] and high_noise_start in [0, 1), got "

@@ -128,7 +128,8 @@ class VideoUNet(nn.Module):
     Takes the image UNet's arguments, plus `temporal_heads` (default: `num_heads`) and `temporal_levels` (the
     resolution levels that get temporal attention, default all; the middle always has it) and
     `temporal_conditioning` (adaptive LayerNorm in the temporal blocks from the timestep + pooled text
-    embedding; off by default). The image network
+    embedding; off by default), `absolute_positions` and `frame_embedding` (absolute frame indices, see the
+    module docstring; off by default). The image network
     is `self.image` (a plain `UNet`, so an image model's state dict loads into it); the temporal blocks are
     `self.temporal_down`, `self.temporal_mid`, `self.temporal_up`, one per ResBlock group."""
 
