@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_video_diffusion import HALF, TINY, direction_of, moves, track  # noqa: E402
+from video_diffusion_caption_probe import OPPOSITE  # noqa: E402
 
 from zoo.datamodules.video import MovingShapesDataModule  # noqa: E402
 from zoo.diffusion import q_sample  # noqa: E402
 from zoo.diffusion.parameterization import predict_x0  # noqa: E402
 from zoo.plugins.video_diffusion import VideoDiffusion  # noqa: E402
 
-OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up"}
 BANDS = [(0, 300), (300, 600), (600, 800), (800, 900), (900, 1000)]
 
 

@@ -74,6 +74,10 @@ class LDM(CaptionConditioned, GenerativeModule):
     modality = "image"
     default_data = "shapes"
     condition_key = "caption"  # zoo.evaluate generates for the real split's captions
+    untrained_first_stage_message = (
+        "the ldm's first stage is untrained: train with `python -m zoo.fit --model ldm` (which trains "
+        "it first) or pass --model.first_stage runs/vae/<run>/checkpoints/last.ckpt"
+    )
 
     def __init__(
         self,
@@ -304,22 +308,6 @@ class LDM(CaptionConditioned, GenerativeModule):
             # a posterior draw, as Stable Diffusion trains; validation uses the mean (no global draws)
             z0 = self.first_stage.encode_latents(images, sample=self.training and generator is None)
         return self._caption_loss(z0, captions, generator)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if not bool(self.first_stage_ready):
-            raise RuntimeError(
-                "the ldm's first stage is untrained: train with `python -m zoo.fit --model ldm` (which trains "
-                "it first) or pass --model.first_stage runs/vae/<run>/checkpoints/last.ckpt"
-            )
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
-        return loss
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # noise from a generator seeded per batch: comparable validations, no global draws (exact resume)
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        loss = self._loss(batch, generator)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
 
     def configure_optimizers(self) -> Any:
         trainable = [

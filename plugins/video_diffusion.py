@@ -113,6 +113,12 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
     modality = "video"
     default_data = "moving_shapes"
     condition_key = "caption"  # zoo.evaluate generates for the real split's captions
+    input_key = "video"
+    untrained_first_stage_message = (
+        "the video model's first stage is untrained: train with `python -m zoo.fit --model "
+        "video_diffusion` (which trains it first), pass --model.first_stage runs/vae/<run>/checkpoints/"
+        "last.ckpt, or --model.pixel_space true"
+    )
 
     def __init__(
         self,
@@ -353,23 +359,6 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
             # a posterior draw per frame, as ldm trains; validation uses the mean (no global draws)
             z0 = self.encode_video(video, sample=self.training and generator is None)
         return self._caption_loss(z0, captions, generator)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if not bool(self.first_stage_ready):
-            raise RuntimeError(
-                "the video model's first stage is untrained: train with `python -m zoo.fit --model "
-                "video_diffusion` (which trains it first), pass --model.first_stage runs/vae/<run>/checkpoints/"
-                "last.ckpt, or --model.pixel_space true"
-            )
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["video"]))
-        return loss
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # noise from a generator seeded per batch: comparable validations, no global draws (exact resume)
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        loss = self._loss(batch, generator)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["video"]))
 
     def configure_optimizers(self) -> Any:
         trainable = [

@@ -143,7 +143,8 @@ class CaptionConditioned:
     """The text side every caption-conditioned generative family shares (`ldm`, `video_diffusion`), as a
     mixin before `GenerativeModule`: a tokenizer trained on the datamodule's captions, the distinct
     validation captions as preview prompts, both kept in the checkpoint, prompts checked for sampling,
-    and `encode_text` through the family's own `TextEncoder`.
+    and `encode_text` through the family's own `TextEncoder`; the training and validation steps around the
+    family's `_loss(batch, generator)`.
 
     The family sets `self.tokenizer = None`, `self.text_encoder`, `self.unet` (text by cross-attention and
     a pooled embedding), `self.schedule` and `self._preview_prompts = None` in `__init__`, and has the
@@ -153,6 +154,10 @@ class CaptionConditioned:
     caption_limit: int | None = None
     tokenizer: CaptionTokenizer | None
     _preview_prompts: list[str] | None
+    # training and validation steps: the batch key the family's `_loss(batch, generator)` encodes, and
+    # the error raised while its `first_stage_ready` buffer is False
+    input_key: str = "image"
+    untrained_first_stage_message: str = "the first stage is untrained"
 
     family_name: str = ""  # in messages; the class name when unset
 
@@ -204,6 +209,19 @@ class CaptionConditioned:
             min_snr_gamma=hp.min_snr_gamma, generator=generator,
             high_noise_fraction=hp.get("high_noise_fraction", 0.0), high_noise_start=hp.get("high_noise_start", 0.9),
         )  # fmt: skip
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if not bool(self.first_stage_ready):
+            raise RuntimeError(self.untrained_first_stage_message)
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[self.input_key]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # noise from a generator seeded per batch: comparable validations, no global draws (exact resume)
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self._loss(batch, generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch[self.input_key]))
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.unet(x, t, context=text["states"], context_mask=text["mask"], pooled=text["pooled"])
