@@ -7,19 +7,21 @@ import hashlib
 import numpy as np
 import torch
 
+from zoo.errors import DataError
+
 
 def check_image_args(image_size: int, channels: int, *, min_size: int = 1) -> None:
     if image_size < min_size:
-        raise ValueError(f"image_size must be at least {min_size}, got {image_size}")
+        raise DataError(f"image_size must be at least {min_size}, got {image_size}")
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+        raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
-        raise ValueError(
+        raise DataError(
             f"test_fraction must be in [0, 1) and val_fraction + test_fraction below 1, "
             f"got val_fraction={val_fraction}, test_fraction={test_fraction}"
         )

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, default_collate
 
 import zoo.audio.espeak as espeak_lib
 from zoo.data import ResumableDataLoader, ZooDataModule
+from zoo.errors import DataError
 from zoo.io.audio import AudioFileError, audio_info, load_wav, pad_batch
 
 from ._images import check_fractions, derived_seed, stable_split
@@ -56,14 +57,18 @@ def pad_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class AudioDataModule(ZooDataModule):
-    """Base of the audio datamodules: `sample_rate`, and loaders that pad clips per batch."""
+    """Base of the audio datamodules: `sample_rate`, and loaders that pad clips per batch.
+
+    Args:
+        sample_rate: the items' sample rate in Hz, at least 8000; zoo.fit links model.sample_rate to it.
+    """
 
     modality = "audio"
 
     def __init__(self, sample_rate: int, batch_size: int, num_workers: int, seed: int) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if sample_rate < 8000:
-            raise ValueError(f"sample_rate must be at least 8000 Hz, got {sample_rate}")
+            raise DataError(f"sample_rate must be at least 8000 Hz, got {sample_rate}")
         self.sample_rate = sample_rate
 
     def make_dataloader(self, dataset: Dataset | None, *, train: bool) -> ResumableDataLoader:
@@ -224,6 +229,17 @@ class TonesDataModule(AudioDataModule):
     Item keys: `audio` (S,), `caption`, `label` (timbre), `pitches` (max_notes,) MIDI numbers padded
     with -1, `onsets` (start sample, -1 padded), `durations` (sounding samples, 0 padded), `num_notes`;
     batches add `length`.
+
+    Args:
+        sample_rate: synthesis rate in Hz, at least 8000; zoo.fit links model.sample_rate to it.
+        min_notes: fewest notes in a clip, at least 1.
+        max_notes: most notes in a clip, from min_notes to 8.
+        noise_fraction: probability a clip gets white noise, in [0, 1].
+        noise_level: standard deviation of that noise (the notes peak at 0.3 or 0.75).
+        num_train: training clips.
+        num_val: validation clips.
+        num_test: test clips.
+        seed: seed the clips are synthesised from, and of the training order.
     """
 
     def __init__(
@@ -243,9 +259,9 @@ class TonesDataModule(AudioDataModule):
         super().__init__(sample_rate, batch_size, num_workers, seed)
         self.save_hyperparameters()
         if not 1 <= min_notes <= max_notes <= 8:
-            raise ValueError(f"need 1 <= min_notes <= max_notes <= 8, got {min_notes} and {max_notes}")
+            raise DataError(f"need 1 <= min_notes <= max_notes <= 8, got {min_notes} and {max_notes}")
         if not 0.0 <= noise_fraction <= 1.0:
-            raise ValueError(f"noise_fraction must lie in [0, 1], got {noise_fraction}")
+            raise DataError(f"noise_fraction must lie in [0, 1], got {noise_fraction}")
         self.options = {
             "sample_rate": sample_rate, "min_notes": min_notes, "max_notes": max_notes,
             "noise_fraction": noise_fraction, "noise_level": noise_level,
@@ -295,7 +311,7 @@ def read_metadata(root: Path) -> list[tuple[str, str]]:
     (the last column is used: LJSpeech's normalised transcript, numbers spelled out)."""
     path = root / "metadata.csv"
     if not path.is_file():
-        raise ValueError(
+        raise DataError(
             f"audio_folder: {path} is missing (LJSpeech layout: wavs/*.wav and metadata.csv with id|text)"
         )
     rows, seen = [], set()
@@ -304,14 +320,14 @@ def read_metadata(root: Path) -> list[tuple[str, str]]:
             continue
         fields = line.split("|")
         if len(fields) < 2 or not fields[0].strip():
-            raise ValueError(f"audio_folder: {path}:{number}: expected 'id|text', got {line[:80]!r}")
+            raise DataError(f"audio_folder: {path}:{number}: expected 'id|text', got {line[:80]!r}")
         clip_id = fields[0].strip()
         if clip_id in seen:
-            raise ValueError(f"audio_folder: {path}:{number}: id {clip_id!r} appears twice")
+            raise DataError(f"audio_folder: {path}:{number}: id {clip_id!r} appears twice")
         seen.add(clip_id)
         rows.append((clip_id, fields[-1].strip()))
     if not rows:
-        raise ValueError(f"audio_folder: {path} lists no clips")
+        raise DataError(f"audio_folder: {path} lists no clips")
     return rows
 
 
@@ -323,6 +339,12 @@ class AudioFolderDataModule(AudioDataModule):
     missing, corrupt or empty file is an error naming it before training starts; wav files with no
     metadata line are left out with a warning. Split by a hash of the id (`val_fraction`,
     `test_fraction`). Item keys: `audio`, `text`, `id`.
+
+    Args:
+        root: the folder, with wavs/<id>.wav and metadata.csv (required).
+        sample_rate: rate the files are resampled to, in Hz; zoo.fit links model.sample_rate to it.
+        val_fraction: about this fraction of the clips (by a hash of the id) is for validation, in (0, 1).
+        test_fraction: about this fraction is for testing, in [0, 1); an empty test split uses the validation one.
     """
 
     def __init__(
@@ -338,14 +360,14 @@ class AudioFolderDataModule(AudioDataModule):
         super().__init__(sample_rate, batch_size, num_workers, seed)
         self.save_hyperparameters()
         if not root:
-            raise ValueError("audio_folder needs a folder: --data.root path/to/LJSpeech-1.1")
+            raise DataError("audio_folder needs a folder: --data.root path/to/LJSpeech-1.1")
         check_fractions(val_fraction, test_fraction)
         self.root = Path(root)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
     def entries(self) -> dict[str, list[dict[str, Any]]]:
         if not self.root.is_dir():
-            raise ValueError(f"audio_folder: {self.root} is not a folder")
+            raise DataError(f"audio_folder: {self.root} is not a folder")
         rows = read_metadata(self.root)
         wavs = self.root / "wavs"
         splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
@@ -367,7 +389,7 @@ class AudioFolderDataModule(AudioDataModule):
                 stacklevel=2,
             )
         if not splits["train"]:
-            raise ValueError(f"audio_folder: {self.root} has no clips in the training split")
+            raise DataError(f"audio_folder: {self.root} has no clips in the training split")
         if not splits["val"]:  # a handful of clips: validate on the training ones rather than fail
             warnings.warn(
                 f"audio_folder: none of the {len(rows)} clips fell in the validation split; validating on the "
@@ -430,7 +452,7 @@ def espeak_backend(preference: str = "auto") -> str:
     "library" (libespeak-ng from the espeakng-loader wheel, through ctypes). `preference` forces one;
     an unavailable one is an error saying how to install it."""
     if preference not in ESPEAK_BACKENDS:
-        raise ValueError(f"espeak backend must be one of {ESPEAK_BACKENDS}, got {preference!r}")
+        raise DataError(f"espeak backend must be one of {ESPEAK_BACKENDS}, got {preference!r}")
     if preference in ("auto", "program") and shutil.which("espeak-ng") is not None:
         return "program"
     problem = ""
@@ -494,6 +516,18 @@ class SpeechDataModule(AudioDataModule):
     `phoneme_vocabulary` (every name in the three splits, sorted). Only the library backend reports
     phoneme events while speaking, so with it clips cached without an alignment (made by the program,
     or before alignments were recorded) are spoken again, audio and alignment together.
+
+    Args:
+        voices: espeak-ng voices, cycled over the clips; a clip's `label` is its voice's index.
+        speeds: speaking rates in words a minute, cycled over the clips.
+        num_train: training clips.
+        num_val: validation clips.
+        num_test: test clips.
+        sample_rate: rate the clips are resampled to from espeak-ng's; zoo.fit links model.sample_rate to it.
+        cache_dir: folder of the synthesised clips; null: ~/.cache/zoo/speech.
+        seed: seed the sentences are drawn from, and of the training order.
+        backend: which espeak-ng speaks: auto (the program if on PATH, else the library), program or library.
+        alignments: add espeak-ng's phoneme alignment of each clip (`phones`, `phone_starts`); needs the library.
     """
 
     def __init__(
@@ -514,9 +548,9 @@ class SpeechDataModule(AudioDataModule):
         super().__init__(sample_rate, batch_size, num_workers, seed)
         self.save_hyperparameters()
         if not voices or not speeds:
-            raise ValueError("speech needs at least one voice and one speed")
+            raise DataError("speech needs at least one voice and one speed")
         if backend not in ESPEAK_BACKENDS:
-            raise ValueError(f"speech: backend must be one of {ESPEAK_BACKENDS}, got {backend!r}")
+            raise DataError(f"speech: backend must be one of {ESPEAK_BACKENDS}, got {backend!r}")
         self.voices, self.speeds = list(voices), [int(s) for s in speeds]
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "zoo" / "speech"
@@ -549,7 +583,7 @@ class SpeechDataModule(AudioDataModule):
             return
         if self.alignments:
             if self.backend == "program":
-                raise ValueError(
+                raise DataError(
                     "speech: alignments need the library backend (libespeak-ng reports the phonemes it speaks; "
                     "the program does not): use --data.backend library or auto, with `pip install espeakng-loader`"
                 )

@@ -48,6 +48,13 @@ class DigitsDataModule(ZooDataModule):
 
     Item keys: `image` float32 (channels, S, S) in [-1, 1] (channels=3 repeats the grey channel),
     `label` int64 0-9 (`class_names` "0" ... "9"), `caption` str "a handwritten digit 3".
+
+    Args:
+        image_size: side in pixels the 8x8 digits are resized to; zoo.fit links model.image_size to it.
+        channels: 1 (grey) or 3 (the grey repeated); zoo.fit links model.in_channels to it.
+        val_fraction: fraction of the 1,797 digits held out for validation, in (0, 1).
+        test_fraction: fraction held out for testing, in [0, 1); 0: the test split is the validation split.
+        seed: seed of the stratified split and of the training order.
     """
 
     modality = "image"

@@ -17,24 +17,12 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from zoo.data import ZooDataModule
+from zoo.errors import DataError, MissingDataError
+from zoo.io.images import IMAGE_EXTENSIONS, find_image_files, is_image_file
 
 from ._images import check_fractions, check_image_args
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 CAPTION_FILES = ("captions.csv", "captions.jsonl")
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def find_images(folder: Path) -> list[Path]:
-    """Image files under `folder` at any depth, sorted, skipping hidden files and folders."""
-    found = []
-    for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found.extend(Path(directory, name) for name in files if is_image_file(Path(name)))
-    return sorted(found)
 
 
 def load_image(path: Path, mode: str) -> Image.Image:
@@ -47,7 +35,7 @@ def load_image(path: Path, mode: str) -> Image.Image:
         return image.convert(mode)
 
 
-class BadImageError(RuntimeError):
+class BadImageError(DataError, RuntimeError):
     """An image file that cannot be opened or decoded."""
 
 
@@ -73,17 +61,17 @@ def read_captions(path: Path) -> dict[str, str]:
 
     def add(file: Any, caption: Any, where: str) -> None:
         if not isinstance(file, str) or not isinstance(caption, str):
-            raise ValueError(f"{where} of captions file '{path}': 'file' and 'caption' must be strings")
+            raise DataError(f"{where} of captions file '{path}': 'file' and 'caption' must be strings")
         key = Path(file).as_posix()
         if key in captions:
-            raise ValueError(f"captions file '{path}' gives two captions for '{file}' ({where})")
+            raise DataError(f"captions file '{path}' gives two captions for '{file}' ({where})")
         captions[key] = caption
 
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or not {"file", "caption"} <= set(reader.fieldnames):
-                raise ValueError(
+                raise DataError(
                     f"captions file '{path}' needs a header row with columns 'file' and 'caption', "
                     f"found {reader.fieldnames}"
                 )
@@ -97,16 +85,16 @@ def read_captions(path: Path) -> dict[str, str]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(
+                    raise DataError(
                         f"line {number} of captions file '{path}' is not JSON: {error}"
                     ) from error
                 if not isinstance(record, dict) or not {"file", "caption"} <= record.keys():
-                    raise ValueError(
+                    raise DataError(
                         f"line {number} of captions file '{path}' needs keys 'file' and 'caption'"
                     )
                 add(record["file"], record["caption"], f"line {number}")
     else:
-        raise ValueError(
+        raise DataError(
             f"captions file '{path}' must be .csv (columns file,caption) or .jsonl (keys file, caption)"
         )
     return captions
@@ -178,6 +166,16 @@ class ImageFolderDataModule(ZooDataModule):
 
     Item keys: `image` float32 (channels, S, S) in [-1, 1]; `label` int64 with class folders; `caption`
     str with captions.
+
+    Args:
+        root: the folder of images, loose or in one sub-folder per class.
+        image_size: side in pixels (short side resized, centre-cropped); zoo.fit links model.image_size to it.
+        channels: 3 (RGB) or 1 (grey); zoo.fit links model.in_channels to it.
+        captions_file: a .csv or .jsonl of captions; null: captions.csv or captions.jsonl in root, if there.
+        val_fraction: fraction of the images held out for validation (at least one), in (0, 1).
+        test_fraction: fraction held out for testing, in [0, 1); 0: the test split is the validation split.
+        skip_bad_files: skip unreadable images with a warning instead of failing in setup().
+        seed: seed of the split and of the training order.
     """
 
     modality = "image"
@@ -213,7 +211,7 @@ class ImageFolderDataModule(ZooDataModule):
         root = self.root
         if not root.is_dir():
             what = "is not a folder" if root.exists() else "does not exist"
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"image_folder root '{root}' {what}; expected a folder of images "
                 f"({', '.join(IMAGE_EXTENSIONS)}), optionally in one sub-folder per class"
             )
@@ -223,10 +221,10 @@ class ImageFolderDataModule(ZooDataModule):
             (p.name, found)
             for p in entries
             if p.is_dir() and not p.name.startswith(".")
-            if (found := find_images(p))
+            if (found := find_image_files(p))
         ]
         if loose and classes:
-            raise ValueError(
+            raise DataError(
                 f"image_folder root '{root}' has images at the top level (e.g. '{loose[0].name}') and class "
                 f"sub-folders ({', '.join(name for name, _ in classes)}); put every image in a class folder, or none"
             )
@@ -235,7 +233,7 @@ class ImageFolderDataModule(ZooDataModule):
             labels = [label for label, (_, found) in enumerate(classes) for _ in found]
             return files, labels, [name for name, _ in classes]
         if not loose:
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"no images found in image_folder root '{root}'; expected image files "
                 f"({', '.join(IMAGE_EXTENSIONS)}, any case) in it, or in one sub-folder per class"
             )
@@ -247,13 +245,13 @@ class ImageFolderDataModule(ZooDataModule):
             if not path.is_file() and not path.is_absolute() and (self.root / path).is_file():
                 path = self.root / path
             if not path.is_file():
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"captions_file '{self.captions_file}' not found (also tried under '{self.root}')"
                 )
             return path
         present = [self.root / name for name in CAPTION_FILES if (self.root / name).is_file()]
         if len(present) > 1:
-            raise ValueError(
+            raise DataError(
                 f"image_folder root '{self.root}' has both {CAPTION_FILES}; keep one or pass captions_file"
             )
         return present[0] if present else None
@@ -269,7 +267,7 @@ class ImageFolderDataModule(ZooDataModule):
             relative = [path.relative_to(self.root).as_posix() for path in files]
             missing = [name for name in relative if name not in by_file]
             if missing:
-                raise ValueError(
+                raise DataError(
                     f"{len(missing)} image(s) have no caption in '{captions_path}', first: "
                     f"{', '.join(repr(name) for name in missing[:5])}; every image needs a caption when captions are used"
                 )
@@ -296,7 +294,7 @@ class ImageFolderDataModule(ZooDataModule):
             labels = [labels[i] for i in good] if labels is not None else None
             captions = [captions[i] for i in good] if captions is not None else None
         if len(files) < 2:
-            raise ValueError(
+            raise DataError(
                 f"image_folder root '{self.root}' has {len(files)} readable image(s); need at least 2 to split"
             )
 
@@ -307,7 +305,7 @@ class ImageFolderDataModule(ZooDataModule):
         num_val = max(1, round(len(files) * self.val_fraction))
         num_test = max(1, round(len(files) * self.test_fraction)) if self.test_fraction > 0 else 0
         if num_val + num_test >= len(files):
-            raise ValueError(
+            raise DataError(
                 f"{len(files)} images are too few for val_fraction={self.val_fraction} and "
                 f"test_fraction={self.test_fraction}: no training images would be left"
             )

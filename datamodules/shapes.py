@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from zoo.data import ZooDataModule
+from zoo.errors import DataError
 
 from ._images import check_image_args, derived_seed, rgb_to_grey, uint8_to_signed
 
@@ -244,7 +245,7 @@ def render_shapes(
     """
     check_image_args(image_size, 3, min_size=8)
     if not 1 <= min_objects <= max_objects:
-        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+        raise DataError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
     rng = np.random.default_rng(seed)
     size, k_max = image_size, max_objects
     alphas = np.zeros((num, k_max, size, size), dtype=np.uint8)
@@ -374,6 +375,16 @@ class ShapesDataModule(ZooDataModule):
       SHAPE_NAMES and SIZE_NAMES (0 small, 1 large)
     - `instance_masks` float32 (K, S, S) in {0, 1}
     - `edges` float32 (1, S, S) in [0, 1]: the objects' outlines, about one pixel wide (a ControlNet condition)
+
+    Args:
+        image_size: image side in pixels, at least 8; zoo.fit links model.image_size to it.
+        channels: 3 (RGB) or 1 (luma); zoo.fit links model.in_channels to it.
+        min_objects: fewest shapes in an image, at least 1.
+        max_objects: most shapes in an image, at least min_objects.
+        num_train: training images.
+        num_val: validation images.
+        num_test: test images.
+        seed: seed the three splits are rendered from, and of the training order.
     """
 
     modality = "image"
@@ -395,9 +406,9 @@ class ShapesDataModule(ZooDataModule):
         self.save_hyperparameters()  # recorded in checkpoints, so evaluation can rebuild the data
         check_image_args(image_size, channels, min_size=8)
         if not 1 <= min_objects <= max_objects:
-            raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+            raise DataError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
         if min(num_train, num_val, num_test) < 1:
-            raise ValueError(
+            raise DataError(
                 f"num_train, num_val and num_test must be at least 1, got {num_train}, {num_val}, {num_test}"
             )
         self.image_size = image_size

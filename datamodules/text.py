@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from zoo.data import ZooDataModule
+from zoo.errors import DataError
 from zoo.tokenizers import KINDS, TextTokenizer, encode_texts, train_tokenizer
 
 from ._images import derived_seed, stable_split
@@ -44,7 +45,13 @@ class TokenWindows(Dataset):
 
 
 class TextDataModule(ZooDataModule):
-    """Base of the text corpora: subclasses implement `_documents()` -> {split: [document, ...]}."""
+    """Base of the text corpora: subclasses implement `_documents()` -> {split: [document, ...]}.
+
+    Args:
+        tokenizer: bpe (byte-level BPE) or char (one token per character), trained on the training split.
+        bpe_vocab_size: most tokens of the BPE tokenizer, at least 257 (unused with char).
+        block_size: context in tokens (windows of block_size + 1); zoo.fit links model.block_size to it.
+    """
 
     modality = "text"
 
@@ -59,9 +66,9 @@ class TextDataModule(ZooDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if tokenizer not in KINDS:
-            raise ValueError(f"unknown tokenizer {tokenizer!r}: use one of {', '.join(KINDS)}")
+            raise DataError(f"unknown tokenizer {tokenizer!r}: use one of {', '.join(KINDS)}")
         if block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {block_size}")
+            raise DataError(f"block_size must be at least 1, got {block_size}")
         self.tokenizer_kind = tokenizer
         self.bpe_vocab_size = bpe_vocab_size
         self.block_size = block_size
@@ -74,7 +81,7 @@ class TextDataModule(ZooDataModule):
         docs = self._documents()
         for split in SPLITS:
             if not docs.get(split):
-                raise ValueError(f"{type(self).__name__}: the {split} split has no documents")
+                raise DataError(f"{type(self).__name__}: the {split} split has no documents")
         return docs
 
     def texts(self, split: str) -> list[str]:
@@ -107,7 +114,7 @@ class TextDataModule(ZooDataModule):
         for split in SPLITS:
             windows = TokenWindows(self.stream(split), self.block_size)
             if len(windows) == 0:
-                raise ValueError(
+                raise DataError(
                     f"{type(self).__name__}: the {split} split has {len(windows.stream)} tokens, fewer than one "
                     f"window of block_size + 1 = {self.block_size + 1}; use a smaller --data.block_size or more text"
                 )
@@ -120,7 +127,16 @@ class CaptionsDataModule(TextDataModule):
     document each: a corpus whose generated text can be checked (`parse_caption`, the `grammar`
     metric). Objects per sentence are drawn uniformly from min_objects..max_objects, colours, shapes
     and sizes uniformly, positions uniformly over the canvas (they decide the relation words).
-    Deterministic for a seed; the splits use independent streams of it."""
+    Deterministic for a seed; the splits use independent streams of it.
+
+    Args:
+        min_objects: fewest objects a sentence names, at least 1.
+        max_objects: most objects a sentence names, at least min_objects.
+        num_train: training sentences.
+        num_val: validation sentences.
+        num_test: test sentences.
+        seed: seed the sentences are drawn from, and of the training order.
+    """
 
     def __init__(
         self,
@@ -139,7 +155,7 @@ class CaptionsDataModule(TextDataModule):
         super().__init__(tokenizer, bpe_vocab_size, block_size, batch_size, num_workers, seed)
         self.save_hyperparameters()
         if not 1 <= min_objects <= max_objects:
-            raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+            raise DataError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
         self.min_objects, self.max_objects = min_objects, max_objects
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
 
@@ -173,11 +189,11 @@ def read_text_file(path: Path) -> str:
     """A file's UTF-8 text, with a clear error for binary or undecodable files."""
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
-        raise ValueError(f"{path} looks binary (it has NUL bytes): give UTF-8 text files")
+        raise DataError(f"{path} looks binary (it has NUL bytes): give UTF-8 text files")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(
+        raise DataError(
             f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): convert it, e.g. "
             f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt`"
         ) from err
@@ -186,7 +202,13 @@ def read_text_file(path: Path) -> str:
 class PythonSourceDataModule(TextDataModule):
     """The Python standard library's own source files on this machine, one document per file, split by
     file (a hash of its path: about `val_fraction` / `test_fraction` of files each). Test suites and
-    site-packages are left out. `python_version` records which standard library it was."""
+    site-packages are left out. `python_version` records which standard library it was.
+
+    Args:
+        root: a folder of .py files to read instead; null: this Python's standard library.
+        val_fraction: about this fraction of the files (by a hash of the path) is for validation.
+        test_fraction: about this fraction of the files is for testing; above 0, or the test split is empty.
+    """
 
     def __init__(
         self,
@@ -208,13 +230,13 @@ class PythonSourceDataModule(TextDataModule):
 
     def files(self) -> list[Path]:
         if not self.root.is_dir():
-            raise ValueError(f"python_source: {self.root} is not a folder of Python files")
+            raise DataError(f"python_source: {self.root} is not a folder of Python files")
         skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
         files = sorted(
             p for p in self.root.rglob("*.py") if not skip & set(p.relative_to(self.root).parts[:-1])
         )
         if not files:
-            raise ValueError(f"python_source: no .py files under {self.root}")
+            raise DataError(f"python_source: no .py files under {self.root}")
         return files
 
     def _documents(self) -> dict[str, list[str]]:
@@ -232,7 +254,13 @@ class PythonSourceDataModule(TextDataModule):
 class TextFileDataModule(TextDataModule):
     """Any UTF-8 text: one file (split by position: the first 1 - val - test of it trains), or a folder
     (every file under it, split by file when it has at least 10 files, else each file by position).
-    `python -m zoo.fit --model gpt --data text_file --data.path book.txt`."""
+    `python -m zoo.fit --model gpt --data text_file --data.path book.txt`.
+
+    Args:
+        path: a UTF-8 text file, or a folder of them (required).
+        val_fraction: fraction for validation: of the files, or of each file's text after its training part.
+        test_fraction: fraction for testing: of the files, or the end of each file; above 0.
+    """
 
     def __init__(
         self,
@@ -249,10 +277,10 @@ class TextFileDataModule(TextDataModule):
         super().__init__(tokenizer, bpe_vocab_size, block_size, batch_size, num_workers, seed)
         self.save_hyperparameters()
         if not path:
-            raise ValueError("text_file needs a file or folder: --data.path book.txt")
+            raise DataError("text_file needs a file or folder: --data.path book.txt")
         self.path = Path(path)
         if not self.path.exists():
-            raise ValueError(f"text_file: {self.path} does not exist")
+            raise DataError(f"text_file: {self.path} does not exist")
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
     def _documents(self) -> dict[str, list[str]]:
@@ -260,7 +288,7 @@ class TextFileDataModule(TextDataModule):
         texts = {p: read_text_file(p) for p in files}
         texts = {p: t for p, t in texts.items() if t.strip()}
         if not texts:
-            raise ValueError(f"text_file: {self.path} has no text (empty files only)")
+            raise DataError(f"text_file: {self.path} has no text (empty files only)")
         docs: dict[str, list[str]] = {split: [] for split in SPLITS}
         if len(texts) >= 10:
             for p, text in texts.items():

@@ -31,6 +31,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from zoo.data import ZooDataModule
+from zoo.errors import DataError, MissingDataError
+from zoo.io.images import IMAGE_EXTENSIONS
 from zoo.io.video import VideoFileError, count_video_frames, read_video_file
 
 from ._images import check_fractions, check_image_args, derived_seed
@@ -247,7 +249,14 @@ class MovingShapesDataset(Dataset):
 
 
 class _VideoDataModule(ZooDataModule):
-    """What every video datamodule checks and exposes: frames, fps, image_size, channels."""
+    """What every video datamodule checks and exposes: frames, fps, image_size, channels.
+
+    Args:
+        frames: frames per clip, at least 1; zoo.fit links model.frames to it.
+        fps: the rate clips are meant to play at (nothing is resampled); zoo.fit links model.fps to it.
+        image_size: frame side in pixels; zoo.fit links model.image_size to it.
+        channels: 3 (RGB) or 1 (grey); zoo.fit links model.in_channels to it.
+    """
 
     modality = "video"
 
@@ -263,9 +272,9 @@ class _VideoDataModule(ZooDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if frames < 1:
-            raise ValueError(f"frames must be at least 1, got {frames}")
+            raise DataError(f"frames must be at least 1, got {frames}")
         if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+            raise DataError(f"fps must be positive, got {fps}")
         self.frames = frames
         self.fps = float(fps)
         self.image_size = image_size
@@ -274,7 +283,7 @@ class _VideoDataModule(ZooDataModule):
 
 def _check_counts(num_train: int, num_val: int, num_test: int) -> None:
     if min(num_train, num_val, num_test) < 1:
-        raise ValueError(
+        raise DataError(
             f"num_train, num_val and num_test must be at least 1, got {num_train}, {num_val}, {num_test}"
         )
 
@@ -282,7 +291,7 @@ def _check_counts(num_train: int, num_val: int, num_test: int) -> None:
 def _check_speed(speed: tuple[float, float]) -> tuple[float, float]:
     low, high = (float(v) for v in speed)
     if not 0 <= low <= high:
-        raise ValueError(f"speed must be (low, high) with 0 <= low <= high, got {speed}")
+        raise DataError(f"speed must be (low, high) with 0 <= low <= high, got {speed}")
     return low, high
 
 
@@ -313,6 +322,20 @@ class MovingShapesDataModule(_VideoDataModule):
       path (mask centroids fall on it); `speeds` float32 (K,) pixels per frame
     - `num_objects` int64; `shapes`, `colors`, `end_colors`, `sizes`, `end_sizes`, `directions` int64
       (K,), indices into SHAPE_NAMES, COLOR_NAMES, SIZE_NAMES, DIRECTION_NAMES
+
+    Args:
+        image_size: frame side in pixels, at least 16; zoo.fit links model.image_size to it.
+        channels: 3 (RGB) or 1 (luma); zoo.fit links model.in_channels to it.
+        min_objects: fewest moving shapes in a clip, at least 1.
+        max_objects: most moving shapes in a clip, at least min_objects.
+        diagonal: add the four diagonal directions to right, left, up and down (the `label` classes).
+        speed: (low, high) range of an object's speed, as a fraction of image_size per frame.
+        color_change: probability an object fades into another colour over the clip, in [0, 1].
+        size_change: probability an object grows or shrinks to the other size over the clip, in [0, 1].
+        num_train: training clips.
+        num_val: validation clips.
+        num_test: test clips.
+        seed: seed the clips are drawn from, and of the training order.
     """
 
     def __init__(
@@ -339,10 +362,10 @@ class MovingShapesDataModule(_VideoDataModule):
         # 16 pixels is the least at which a large triangle, with its clear pixel, still has room to move.
         check_image_args(image_size, channels, min_size=16)
         if not 1 <= min_objects <= max_objects:
-            raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+            raise DataError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
         for name, p in (("color_change", color_change), ("size_change", size_change)):
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+                raise DataError(f"{name} is a probability in [0, 1], got {p}")
         _check_counts(num_train, num_val, num_test)
         self.clip = dict(
             frames=frames,
@@ -493,6 +516,19 @@ class MovingDigitsDataModule(_VideoDataModule):
     nearest compass names); `label` int64, the first digit (`class_names` "0" ... "9"); `digits`,
     `directions` int64 (K,); `num_digits` int64; `masks` float32 (T, K, S, S) in {0, 1} (ink >= 0.5);
     `positions` float32 (T, K, 2), whole-pixel (x, y) of each digit's top-left corner.
+
+    Args:
+        channels: 1 (grey) or 3 (the grey repeated); zoo.fit links model.in_channels to it.
+        digit_size: side the 8x8 digits are resized to, from 1 to image_size.
+        min_digits: fewest digits in a clip, at least 1.
+        max_digits: most digits in a clip, at least min_digits.
+        speed: (low, high) range of a digit's speed, as a fraction of image_size per frame.
+        num_train: training clips.
+        num_val: validation clips.
+        num_test: test clips.
+        val_fraction: fraction of the 1,797 digits that only validation clips show, in (0, 1).
+        test_fraction: fraction only test clips show, in [0, 1); 0: test clips show the validation digits.
+        seed: seed of the digit split and the clips, and of the training order.
     """
 
     def __init__(
@@ -519,9 +555,9 @@ class MovingDigitsDataModule(_VideoDataModule):
         check_image_args(image_size, channels)
         check_fractions(val_fraction, test_fraction)
         if not 1 <= digit_size <= image_size:
-            raise ValueError(f"digit_size must be in [1, image_size={image_size}], got {digit_size}")
+            raise DataError(f"digit_size must be in [1, image_size={image_size}], got {digit_size}")
         if not 1 <= min_digits <= max_digits:
-            raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits} and {max_digits}")
+            raise DataError(f"need 1 <= min_digits <= max_digits, got {min_digits} and {max_digits}")
         _check_counts(num_train, num_val, num_test)
         self.digit_size = digit_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -573,11 +609,12 @@ class MovingDigitsDataModule(_VideoDataModule):
 
 # ------------------------------------------------------------------------------------- video folder
 
-FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".gif", ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+# a frame is any image file zoo reads, except a GIF: that is a clip of its own
+FRAME_EXTENSIONS = tuple(e for e in IMAGE_EXTENSIONS if e not in VIDEO_EXTENSIONS)
 
 
-class BadVideoError(RuntimeError):
+class BadVideoError(DataError, RuntimeError):
     """A video file or frame folder that cannot be read; the message names it."""
 
 
@@ -718,6 +755,19 @@ class VideoFolderDataModule(_VideoDataModule):
     default 0.1; `test_fraction` default 0, when the test split is the validation split).
 
     Item keys: `video` float32 (frames, channels, S, S) in [-1, 1]; `caption` str with captions.
+
+    Args:
+        root: the folder of video files and frame folders.
+        frames: frames per clip; zoo.fit links model.frames to it.
+        fps: the rate clips are meant to play at (time is not resampled); zoo.fit links model.fps to it.
+        image_size: side in pixels (short side resized, centre-cropped); zoo.fit links model.image_size to it.
+        frame_stride: take every frame_stride-th frame, at least 1.
+        random_start: start training clips at a random frame (validation and test clips start at 0).
+        captions_file: a .csv or .jsonl of captions; null: captions.csv or captions.jsonl in root, if there.
+        val_fraction: fraction of the videos held out for validation (at least one), in (0, 1).
+        test_fraction: fraction held out for testing, in [0, 1); 0: the test split is the validation split.
+        skip_bad_files: skip unreadable videos with a warning instead of failing in setup().
+        seed: seed of the split and of the training order.
     """
 
     def __init__(
@@ -742,7 +792,7 @@ class VideoFolderDataModule(_VideoDataModule):
         check_image_args(image_size, channels)
         check_fractions(val_fraction, test_fraction)
         if frame_stride < 1:
-            raise ValueError(f"frame_stride must be at least 1, got {frame_stride}")
+            raise DataError(f"frame_stride must be at least 1, got {frame_stride}")
         self.root = Path(root).expanduser()
         self.frame_stride, self.random_start = frame_stride, random_start
         self.captions_file = captions_file
@@ -750,10 +800,10 @@ class VideoFolderDataModule(_VideoDataModule):
         self.skip_bad_files = skip_bad_files
         if not self.root.is_dir():
             what = "is not a folder" if self.root.exists() else "does not exist"
-            raise FileNotFoundError(f"video_folder root '{self.root}' {what}")
+            raise MissingDataError(f"video_folder root '{self.root}' {what}")
         self.videos = find_videos(self.root)
         if not self.videos:
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"no videos found under video_folder root '{self.root}'; expected video files "
                 f"({', '.join(VIDEO_EXTENSIONS)}) or folders of frames ({', '.join(FRAME_EXTENSIONS)}); frames "
                 "lying in the root itself are not a video: give each video's frames a folder of its own"
@@ -765,13 +815,13 @@ class VideoFolderDataModule(_VideoDataModule):
             if not path.is_file() and not path.is_absolute() and (self.root / path).is_file():
                 path = self.root / path
             if not path.is_file():
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"captions_file '{self.captions_file}' not found (also tried under '{self.root}')"
                 )
         else:
             present = [self.root / name for name in CAPTION_FILES if (self.root / name).is_file()]
             if len(present) > 1:
-                raise ValueError(f"video_folder root '{self.root}' has both {CAPTION_FILES}; keep one")
+                raise DataError(f"video_folder root '{self.root}' has both {CAPTION_FILES}; keep one")
             if not present:
                 return None
             path = present[0]
@@ -779,7 +829,7 @@ class VideoFolderDataModule(_VideoDataModule):
         relative = [video.relative_to(self.root).as_posix() for video in videos]
         missing = [name for name in relative if name not in by_file]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{len(missing)} video(s) have no caption in '{path}', first: "
                 f"{', '.join(repr(name) for name in missing[:5])}; every video needs one when captions are used"
             )
@@ -821,7 +871,7 @@ class VideoFolderDataModule(_VideoDataModule):
             )
         keep = [i for i, r in enumerate(results) if isinstance(r, int) and r >= span]
         if len(keep) < 2:
-            raise ValueError(
+            raise DataError(
                 f"video_folder root '{self.root}' has {len(keep)} readable video(s) of at least {span} frames; "
                 "need at least 2 to split"
             )
@@ -829,7 +879,7 @@ class VideoFolderDataModule(_VideoDataModule):
         num_val = max(1, round(len(keep) * self.val_fraction))
         num_test = max(1, round(len(keep) * self.test_fraction)) if self.test_fraction > 0 else 0
         if num_val + num_test >= len(keep):
-            raise ValueError(
+            raise DataError(
                 f"{len(keep)} videos are too few for val_fraction={self.val_fraction} and "
                 f"test_fraction={self.test_fraction}: no training videos would be left"
             )

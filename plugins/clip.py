@@ -37,7 +37,7 @@ from timm.layers import ConvNormAct, GroupNorm1
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from zoo.module import GenerativeModule
+from zoo.module import GenerativeModule, attached_trainer, inference
 from zoo.nn.text import CaptionTokenizer, TextEncoder, dataset_captions
 
 PROMPT_TEMPLATE = "a {}"  # shapes' captions read "a red circle": prompts in the same words work best
@@ -102,7 +102,28 @@ class ImageEncoder(nn.Module):
 
 
 class CLIP(GenerativeModule):
-    """A small CLIP; see the module docstring. `python -m zoo.fit --model clip`."""
+    """A small CLIP; see the module docstring. `python -m zoo.fit --model clip`.
+
+    Args:
+        in_channels: image channels (1 grey, 3 RGB); zoo.fit links it to data.channels.
+        image_size: image side in pixels, divisible by patch_size; zoo.fit links it to data.image_size.
+        patch_size: ViT patch side in pixels, a power of two >= 2 (one stride-2 convolution per halving).
+        image_width: width of the ViT's patch tokens.
+        image_depth: transformer blocks of the ViT.
+        image_heads: attention heads of the ViT; must divide image_width.
+        vocab_size: most tokens of the BPE tokenizer trained on the training captions.
+        max_length: tokens per caption with <bos> and <eos>; longer ones are cut.
+        text_width: width of the text encoder's token states.
+        text_depth: transformer blocks of the text encoder.
+        text_heads: attention heads of the text encoder; must divide text_width.
+        embed_dim: size of the shared embedding space both encoders project to.
+        init_temperature: initial softmax temperature t of the similarities (logit scale 1/t), at least 1/max_logit_scale.
+        max_logit_scale: cap of the learned logit scale (the paper's 100).
+        lr: AdamW peak learning rate, after the warm-up; then a cosine decay to 10% by the run's end (if known).
+        weight_decay: AdamW weight decay on weight matrices; none on gains, biases, embeddings and the temperature.
+        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        prompt_template: zero-shot prompt of a class name at validation and test; {} stands for the name.
+    """
 
     modality = "image"
     default_data = "shapes"
@@ -256,7 +277,7 @@ class CLIP(GenerativeModule):
         states, _ = self.text_encoder(ids, mask)
         return states, mask
 
-    @torch.no_grad()
+    @inference
     def zero_shot(self, images: torch.Tensor, class_prompts: Sequence[str]) -> torch.Tensor:
         """Class probabilities (B, len(class_prompts)) of images in [-1, 1]: a softmax over the prompts of
         the scaled cosine similarities, as in the paper's zero-shot classifier."""
@@ -282,7 +303,7 @@ class CLIP(GenerativeModule):
             self.logit_scale.clamp_(0.0, math.log(self.hparams.max_logit_scale))
 
     def _class_names(self) -> list[str]:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         return list(getattr(datamodule, "class_names", []) or [])
 
     def _eval_start(self) -> None:
@@ -384,7 +405,8 @@ class CLIP(GenerativeModule):
             lr=self.hparams.lr, betas=(0.9, 0.98), eps=1e-6,
         )  # fmt: skip
         warmup = max(1, self.hparams.warmup_steps)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+        trainer = attached_trainer(self)
+        total = trainer.estimated_stepping_batches if trainer is not None else float("inf")
         total = total if math.isfinite(total) and total > warmup else None
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine to 10% when the length is known
@@ -400,6 +422,7 @@ class CLIP(GenerativeModule):
 
     # --- not a generator ----------------------------------------------------------------------
 
+    @inference
     def generate(
         self, n: int, *, condition: Any = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:

@@ -17,21 +17,48 @@ from typing import Any
 
 import torch
 
+from zoo.conditioning import class_labels
 from zoo.diffusion import (
     NoiseSchedule,
     check_options,
-    classifier_free_guidance,
     diffusion_loss,
     drop_condition,
+    guided_denoiser,
     q_sample,
+    sampling_options,
 )
 from zoo.diffusion import sample as run_sampler
-from zoo.module import GenerativeModule, adamw_with_warmup
+from zoo.module import GenerativeModule, adamw_with_warmup, inference
 from zoo.nn.unet import UNet
 
 
 class DDPM(GenerativeModule):
-    """Denoising diffusion on images; see the module docstring."""
+    """Denoising diffusion on images; see the module docstring.
+
+    Args:
+        in_channels: image channels (1 grey, 3 RGB); zoo.fit links it to data.channels.
+        image_size: image side in pixels, divisible by 2**(len(channel_mults) - 1); zoo.fit links it to data.image_size.
+        num_classes: label classes, 0 for unlabelled data; zoo.fit sets it from the datamodule.
+        class_conditional: condition on the labels when num_classes > 0; false: unconditional on any data.
+        base_channels: U-Net width at the first resolution level (the timestep embedding is 4x it).
+        channel_mults: U-Net width of each resolution level, times base_channels; each level halves the size.
+        num_res_blocks: ResBlocks per U-Net level on the way down (one more on the way up).
+        attention_levels: U-Net levels (indices into channel_mults) with self-attention; the middle has it too.
+        num_heads: U-Net attention heads; must divide the widths of the attention levels and the deepest.
+        dropout: dropout probability inside the U-Net's ResBlocks.
+        schedule: noise schedule: linear, scaled_linear or cosine.
+        num_train_timesteps: diffusion steps T of the noise schedule.
+        zero_terminal_snr: rescale the schedule so its last timestep is pure noise (SNR 0, Lin et al. 2024).
+        prediction: what the U-Net predicts: epsilon (the noise), v_prediction (v) or sample (x0).
+        min_snr_gamma: weight the loss by min(SNR, gamma) (Hang et al. 2023), e.g. 5; null: unweighted.
+        label_dropout: probability a training label is replaced by the null label (for classifier-free guidance).
+        lr: AdamW learning rate, reached at the end of the warm-up.
+        weight_decay: AdamW weight decay, on every parameter.
+        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        sampler: sampler of `generate` unless given: ddpm, ddim, dpmpp_2m, euler, euler_ancestral or heun.
+        sampling_steps: sampling steps of `generate` unless given.
+        guidance: classifier-free guidance scale of `generate` unless given (1: the conditional model alone).
+    """
 
     modality = "image"
     default_data = "digits"
@@ -128,21 +155,10 @@ class DDPM(GenerativeModule):
     # --- sampling ---------------------------------------------------------------------------
 
     def _labels(self, condition: Any, n: int) -> torch.Tensor | None:
-        if condition is None:
-            return None
-        if not self.conditional:
-            raise ValueError("this ddpm is unconditional (trained without labels): it takes no --label")
-        labels = torch.as_tensor(condition, dtype=torch.long, device=self.device).reshape(-1)
-        if len(labels) == 1:
-            labels = labels.expand(n)
-        if len(labels) != n:
-            raise ValueError(f"got {len(labels)} labels for {n} samples")
-        if labels.min() < 0 or labels.max() >= self.hparams.num_classes:
-            raise ValueError(
-                f"labels must lie in 0..{self.hparams.num_classes - 1}, got {labels.tolist()[:8]}"
-            )
-        return labels
+        classes = self.hparams.num_classes if self.conditional else 0
+        return class_labels(condition, n, classes, family="ddpm", device=self.device)
 
+    @inference
     def generate(
         self,
         n: int,
@@ -160,18 +176,15 @@ class DDPM(GenerativeModule):
     ) -> torch.Tensor:
         """`n` images in [0, 1]. `condition`: class labels (one for all, or n); `init` (n or 1, C, H, W)
         in [0, 1] with `strength` for img2img; `mask` (1 = regenerate) with `init` for inpainting."""
-        sampler = sampler or self.hparams.sampler
-        check_options(sampler=sampler)
-        steps = steps or self.hparams.sampling_steps
+        options = sampling_options(
+            self.hparams, self.schedule, self.device, sampler=sampler, steps=steps, generator=generator,
+            eta=eta, progress=progress,
+        )  # fmt: skip
         guidance = self.hparams.guidance if guidance is None else guidance
         labels = self._labels(condition, n)
         shape = (n, self.hparams.in_channels, self.hparams.image_size, self.hparams.image_size)
-
-        if labels is not None and guidance != 1.0:
-            uncond = torch.full_like(labels, self.null_label)
-            denoiser = classifier_free_guidance(lambda x, t, c: self.unet(x, t, c), labels, uncond, guidance)
-        else:
-            denoiser = lambda x, t: self.unet(x, t, labels)  # noqa: E731 - a denoiser is a callable
+        uncond = None if labels is None else torch.full_like(labels, self.null_label)
+        denoiser = guided_denoiser(self.unet, labels, uncond, guidance)
 
         if init is not None:
             init = (init.to(self.device, torch.float32) * 2 - 1).expand(shape)
@@ -182,18 +195,11 @@ class DDPM(GenerativeModule):
         images = run_sampler(
             denoiser,
             shape=shape,
-            schedule=self.schedule,
-            sampler=sampler,
-            steps=steps,
-            prediction=self.hparams.prediction,
-            generator=generator,
-            device=self.device,
-            eta=eta,
             init=init if mask is None else (init if strength < 1.0 else None),
             strength=strength,
             mask=mask,
             known=init if mask is not None else None,
-            progress=progress,
+            **options,
         )
         return ((images + 1) / 2).clamp(0, 1)
 

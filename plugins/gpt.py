@@ -9,7 +9,8 @@ layers store weights transposed) and the two give the same logits.
 Training minimises next-token cross-entropy over windows of the datamodule's token stream;
 `val/loss` and `val/perplexity` are logged. `generate()` decodes with `zoo.generation`: a KV cache
 (prefill once, then one token a step), greedy (`temperature=0`), sampling with temperature / top-k /
-top-p / min-p, beam search, penalties and stopping rules. The tokenizer is saved in the checkpoint.
+top-p / min-p, beam search, penalties and stopping rules; past the context (`block_size`), a sliding
+window over the last `block_size` tokens, as nanoGPT. The tokenizer is saved in the checkpoint.
 
     python -m zoo.fit --model gpt                                   # captions, a few minutes
     python -m zoo.fit --model gpt --data python_source --recipe python_source
@@ -20,6 +21,7 @@ top-p / min-p, beam search, penalties and stopping rules. The tokenizer is saved
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,22 +31,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from zoo.generation import KVCache, generate, left_pad, processors_for
-from zoo.module import GenerativeModule, adamw_with_warmup
+from zoo.module import GenerativeModule, adamw_with_warmup, attached_trainer, inference
+from zoo.nn.embeddings import rotary_embedding
 from zoo.tokenizers import TextTokenizer, tokenizer_from_state
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat([-second, first], dim=-1)
-
-
-def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate each (i, i + D/2) pair of x (B, H, T, D) by position * base^(-2i/D) (GPT-NeoX layout)."""
-    dim = x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
-    angles = positions[:, None, :, None].float() * inv_freq  # (B, 1, T, D/2)
-    angles = torch.cat([angles, angles], dim=-1)
-    return (x * angles.cos() + rotate_half(x) * angles.sin()).to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -68,7 +57,8 @@ class CausalSelfAttention(nn.Module):
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         if self.rope:
-            q, k = rotary(q, positions), rotary(k, positions)
+            heads_positions = positions[:, None]  # (B, 1, T): the same positions for every head
+            q, k = rotary_embedding(q, heads_positions), rotary_embedding(k, heads_positions)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
@@ -229,7 +219,26 @@ class _VocabularyLimit:
 
 
 class GPT(GenerativeModule):
-    """Decoder-only language model; see the module docstring. `python -m zoo.fit --model gpt`."""
+    """Decoder-only language model; see the module docstring. `python -m zoo.fit --model gpt`.
+
+    Args:
+        vocab_size: token embedding rows, at least the tokenizer's tokens; zoo.fit sets it from data.vocab_size.
+        block_size: context in tokens (training windows, generation's sliding window); zoo.fit links it to data.block_size.
+        n_layer: transformer blocks.
+        n_head: attention heads; must divide n_embd.
+        n_embd: model width: token (and position) embeddings and every block.
+        dropout: dropout probability on the embeddings, the attention weights and each residual branch.
+        bias: biases in the linear layers and LayerNorms (GPT-2 has them).
+        rope: rotary position embeddings in the attention (Su et al. 2021) instead of learned absolute positions.
+        lr: AdamW learning rate, reached at the end of the warm-up.
+        weight_decay: AdamW weight decay on matrices and embeddings; none on biases and LayerNorm gains.
+        betas: AdamW's (beta1, beta2).
+        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        max_new_tokens: tokens `generate` adds unless given; cut to the room the prompt leaves in the context, if any.
+        temperature: sampling temperature of `generate` unless given; 0: greedy decoding.
+        top_k: sample among the k most probable tokens (`generate`'s default); null or 0: no limit.
+        top_p: nucleus sampling's probability mass (`generate`'s default); null or 1: off.
+    """
 
     modality = "text"
     default_data = "captions"
@@ -262,7 +271,7 @@ class GPT(GenerativeModule):
     # --- tokenizer: from the datamodule, kept in the checkpoint ------------------------------
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None:
             if tokenizer.vocab_size > self.hparams.vocab_size:
@@ -333,14 +342,12 @@ class GPT(GenerativeModule):
             )
         return self.tokenizer
 
-    @torch.no_grad()
+    @inference
     def negative_log_likelihood(self, texts: Sequence[str]) -> tuple[float, int]:
         """Total NLL (nats) of `texts` and the number of tokens scored: each text is scored after the
         separator and with the separator that ends it, in windows of at most block_size tokens."""
         tokenizer = self._require_tokenizer()
         total, count = 0.0, 0
-        was_training = self.training
-        self.eval()
         for text in texts:
             ids = torch.tensor(
                 [tokenizer.eos_id, *tokenizer.encode(text), tokenizer.eos_id], device=self.device
@@ -350,9 +357,25 @@ class GPT(GenerativeModule):
                 logits = self.network(window[None, :-1])[0].float()
                 total += float(F.cross_entropy(logits, window[1:], reduction="sum"))
                 count += len(window) - 1
-        self.train(was_training)
         return total, count
 
+    def _default_max_new_tokens(self, prompt_length: int) -> int:
+        """The family's `max_new_tokens`, cut to the room the context leaves after the prompt (with a
+        note), so that a default never reaches the sliding window. A prompt that fills the context
+        leaves no room: then the default stands and the window slides from the first new token."""
+        default, context = int(self.hparams.max_new_tokens), int(self.hparams.block_size)
+        room = context - prompt_length
+        if default <= room or room < 1:
+            return default
+        warnings.warn(
+            f"max_new_tokens is {room}, not the model's default {default}: the context of {context} tokens "
+            f"holds the prompt ({prompt_length} tokens with the start token) and {room} more. "
+            f"Pass --max-new-tokens {default} (or more) to go on with a sliding window over the last {context} tokens",
+            stacklevel=3,
+        )
+        return room
+
+    @inference
     def generate(
         self,
         n: int,
@@ -378,13 +401,17 @@ class GPT(GenerativeModule):
     ) -> list[str]:
         """`n` texts, each its prompt (`condition[i]`, or nothing) followed by the generated text, cut
         before the end-of-text token or a stop string. `temperature=0` is greedy decoding; the
-        family's defaults (hyper-parameters) apply to options left at None."""
+        family's defaults (hyper-parameters) apply to options left at None, with `max_new_tokens` cut
+        to what the context leaves after the prompt. Past the context (`block_size` tokens, the start
+        token and prompt included) the model reads a sliding window of the last `block_size` tokens,
+        as nanoGPT's `generate`; a prompt longer than the context is read the same way."""
         tokenizer = self._require_tokenizer()
-        prompts = [""] * n if condition is None else [str(c) for c in condition]
+        prompts = [""] * n if condition is None else list(condition)
+        if not all(isinstance(p, str) for p in prompts):  # a class label would silently become the text "3"
+            raise ValueError("gpt is conditioned on text: give prompts (--prompt TEXT), not labels")
         if len(prompts) != n:
             raise ValueError(f"got {len(prompts)} prompts for {n} samples")
         hp = self.hparams
-        max_new_tokens = hp.max_new_tokens if max_new_tokens is None else max_new_tokens
         temperature = hp.temperature if temperature is None else temperature
         top_k = hp.top_k if top_k is None else top_k
         top_p = hp.top_p if top_p is None else top_p
@@ -392,11 +419,8 @@ class GPT(GenerativeModule):
             raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
         encoded = [[tokenizer.eos_id, *tokenizer.encode(p)] for p in prompts]
         longest = max(len(e) for e in encoded)
-        if not hp.rope and longest + max_new_tokens > hp.block_size:
-            raise ValueError(
-                f"the prompt ({longest} tokens with the start token) plus max_new_tokens ({max_new_tokens}) exceeds "
-                f"the model's context of {hp.block_size} tokens: lower --max-new-tokens to {hp.block_size - longest}"
-            )
+        if max_new_tokens is None:
+            max_new_tokens = self._default_max_new_tokens(longest)
         ids, mask = left_pad(encoded, pad_id=tokenizer.eos_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         do_sample = temperature > 0 and num_beams <= 1
@@ -413,6 +437,7 @@ class GPT(GenerativeModule):
             "eos_ids": [tokenizer.eos_id],
             "pad_id": tokenizer.eos_id,
             "use_cache": use_cache,
+            "context_length": hp.block_size,  # beyond it, a sliding window (zoo.generation)
         }
         if num_beams > 1:
             options |= {"length_penalty": length_penalty, "early_stopping": early_stopping}

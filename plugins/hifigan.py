@@ -45,8 +45,9 @@ from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 from torch.nn.utils.parametrize import remove_parametrizations
 
 from zoo.audio import LOG_FLOOR, LogMel
-from zoo.module import GenerativeModule
+from zoo.module import GenerativeModule, inference
 from zoo.nn.adversarial import discriminator_loss, feature_matching_loss, generator_loss
+from zoo.nn.layers import masked_mean
 
 LRELU_SLOPE = 0.1
 
@@ -122,6 +123,20 @@ class Generator(nn.Module):
 Features = list[torch.Tensor]
 
 
+def _scores_and_features(
+    convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, Features]:
+    """A sub-discriminator's body: leaky-ReLU convolutions, then a last convolution whose outputs are
+    the scores (flattened); every layer's output is kept for the feature-matching loss."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        features.append(x)
+    x = conv_post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """Looks at samples p apart: (B, 1, S) -> (B, 1, S / p, p), convolved along the first axis only."""
 
@@ -142,13 +157,7 @@ class PeriodDiscriminator(nn.Module):
         if s % self.period:
             x = F.pad(x, (0, self.period - s % self.period), mode="reflect")
         x = x.view(b, c, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _scores_and_features(self.convs, self.conv_post, x)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -172,13 +181,7 @@ class ScaleDiscriminator(nn.Module):
         self.conv_post = norm(nn.Conv1d(channels, 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _scores_and_features(self.convs, self.conv_post, x)
 
 
 class Discriminators(nn.Module):
@@ -220,7 +223,32 @@ def random_segments(audio: torch.Tensor, lengths: torch.Tensor | None, size: int
 
 
 class HiFiGAN(GenerativeModule):
-    """HiFi-GAN vocoder; see the module docstring. `python -m zoo.fit --model hifigan` (on `tones`)."""
+    """HiFi-GAN vocoder; see the module docstring. `python -m zoo.fit --model hifigan` (on `tones`).
+
+    Args:
+        sample_rate: audio rate in Hz; zoo.fit links it to data.sample_rate.
+        n_mels: mel bands of the input log-mels (an acoustic model's mels must match all mel settings).
+        n_fft: STFT size in samples; n_fft - hop_length must be even.
+        hop_length: samples between mel frames, the product of upsample_rates: each frame becomes that many samples.
+        win_length: STFT window in samples.
+        f_min: lowest mel frequency in Hz.
+        f_max: highest mel frequency of the input mels in Hz, at most sample_rate / 2 (the mel loss goes to sample_rate / 2).
+        upsample_rates: the time factor of each transposed convolution of the generator.
+        upsample_kernel_sizes: kernel size of each transposed convolution, one per rate; kernel - rate must be even.
+        upsample_initial_channel: generator channels before the first upsampling, halved by each; divisible by 2**len(upsample_rates).
+        resblock_kernel_sizes: kernel size of each residual block of the multi-receptive-field fusion.
+        resblock_dilations: the dilations of each of those residual blocks, one tuple per kernel size.
+        periods: the periods of the multi-period discriminator, one sub-discriminator each.
+        discriminator_width: widths of both discriminators, times the paper's (1.0), at least 4 channels a layer.
+        segment_size: samples of the random window cut from each training clip, a multiple of hop_length.
+        lambda_fm: weight of the feature-matching loss in the generator's loss.
+        lambda_mel: weight of the log-mel L1 loss in the generator's loss.
+        lr: AdamW learning rate of both networks (weight decay 0.01, PyTorch's default), no warm-up.
+        betas: AdamW's (beta1, beta2) of both networks.
+        lr_decay: learning-rate factor applied at the end of every training epoch (ExponentialLR).
+        num_reference: held-out clips whose mels the first validation keeps, for `generate` without a condition.
+        reference_frames: mel frames kept of each of those clips (cut, or padded with silence).
+    """
 
     modality = "audio"
     default_data = "tones"
@@ -313,10 +341,8 @@ class HiFiGAN(GenerativeModule):
         diff = (self.loss_mel(fake) - self.loss_mel(audio)).abs()  # (B, n_mels, T)
         if lengths is None:
             return diff.mean()
-        mask = (torch.arange(diff.shape[-1], device=diff.device)[None] < (lengths[:, None] // hop)).to(
-            diff.dtype
-        )
-        return (diff * mask[:, None]).sum() / (mask.sum() * diff.shape[1]).clamp_min(1)
+        real_frames = torch.arange(diff.shape[-1], device=diff.device) < (lengths[:, None] // hop)  # (B, T)
+        return masked_mean(diff, real_frames[:, None])
 
     # --- Lightning ------------------------------------------------------------------------------
 
@@ -326,21 +352,19 @@ class HiFiGAN(GenerativeModule):
         real = random_segments(batch["audio"], batch.get("length"), hp.segment_size)
         fake = self(self.mel(real))
 
-        self.toggle_optimizer(opt_d)
-        d_loss = self.discriminator_step_loss(real, fake)
-        opt_d.zero_grad()
-        self.manual_backward(d_loss)
-        opt_d.step()
-        self.untoggle_optimizer(opt_d)
+        with self.toggled_optimizer(opt_d):
+            d_loss = self.discriminator_step_loss(real, fake)
+            opt_d.zero_grad()
+            self.manual_backward(d_loss)
+            opt_d.step()
 
-        self.toggle_optimizer(opt_g)
-        mel_l1 = F.l1_loss(self.loss_mel(fake), self.loss_mel(real))
-        parts = self.adversarial_losses(real, fake)
-        g_loss = parts["adv"] + hp.lambda_fm * parts["fm"] + hp.lambda_mel * mel_l1
-        opt_g.zero_grad()
-        self.manual_backward(g_loss)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
+        with self.toggled_optimizer(opt_g):
+            mel_l1 = F.l1_loss(self.loss_mel(fake), self.loss_mel(real))
+            parts = self.adversarial_losses(real, fake)
+            g_loss = parts["adv"] + hp.lambda_fm * parts["fm"] + hp.lambda_mel * mel_l1
+            opt_g.zero_grad()
+            self.manual_backward(g_loss)
+            opt_g.step()
 
         logs = {"loss": g_loss, "d_loss": d_loss, "mel_l1": mel_l1, "adv": parts["adv"], "fm": parts["fm"]}
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=len(real))
@@ -393,6 +417,7 @@ class HiFiGAN(GenerativeModule):
         audio, _ = load_wav(path, self.sample_rate)  # analysis-resynthesis of a recording
         return self.mel(audio.to(self.device)[None])[0]
 
+    @inference
     def generate(
         self,
         n: int,

@@ -26,10 +26,7 @@ Sampling, img2img, inpainting and outpainting run in latent space with the diffu
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -37,38 +34,58 @@ import torch
 import torch.nn.functional as F
 
 from zoo import registry
+from zoo.checkpoint import load_model
 from zoo.diffusion import (
     NoiseSchedule,
     check_options,
-    classifier_free_guidance,
+    guided_denoiser,
     outpaint_canvas,
+    sampling_options,
 )
 from zoo.diffusion import sample as run_sampler
-from zoo.module import GenerativeModule, adamw_with_warmup, build_module
+from zoo.first_stage import build_first_stage, first_stage_hparams, load_first_stage, prepare_first_stage
+from zoo.module import GenerativeModule, adamw_with_warmup, build_module, inference
+from zoo.nn.layers import masked_mean
 from zoo.nn.text import CaptionConditioned, CaptionTokenizer, TextEncoder
 from zoo.nn.unet import UNet
 
-# The first stage the one command trains when no --model.first_stage is given (the `vae` recipe's
-# settings: sharp reconstructions, KL weight small enough for latent diffusion).
-DEFAULT_FIRST_STAGE = {
-    "latent_channels": 4,
-    "downsample_factor": 4,
-    "base_channels": 32,
-    "beta": 0.01,
-    "lr": 1e-3,
-    "warmup_steps": 100,
-}
-FIRST_STAGE_FILE = "first_stage.ckpt"
 OUTPAINT_SIDES = ("left", "right", "top", "bottom")
 
 
-def _is_secondary_rank() -> bool:
-    # Set by Lightning's DDP launcher in the processes it starts, by torchrun and by SLURM.
-    return any(int(os.environ.get(var, "0") or 0) > 0 for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
-
-
 class LDM(CaptionConditioned, GenerativeModule):
-    """Text-to-image latent diffusion; see the module docstring."""
+    """Text-to-image latent diffusion; see the module docstring.
+
+    Args:
+        in_channels: image channels (1 grey, 3 RGB); zoo.fit links it to data.channels.
+        image_size: image side in pixels; zoo.fit links it to data.image_size.
+        first_stage: a trained `vae` checkpoint for these images; null: zoo.fit trains one first.
+        first_stage_config: the vae's hyper-parameters; null: first_stage's, or zoo's default vae.
+        first_stage_steps: training steps of the vae that zoo.fit trains when first_stage is null.
+        text_encoder: a `clip` checkpoint whose text encoder is used, frozen; null: its own, trained jointly.
+        text_encoder_config: the clip's hyper-parameters, filled in from text_encoder; leave it null.
+        vocab_size: most tokens of the BPE tokenizer trained on the captions (unused with text_encoder).
+        text_width: width of the text encoder's token states (unused with text_encoder).
+        text_depth: transformer blocks of the text encoder (unused with text_encoder).
+        text_heads: attention heads of the text encoder (unused with text_encoder).
+        max_length: tokens per caption with <bos> and <eos>; longer ones are cut (unused with text_encoder).
+        base_channels: U-Net width at the first resolution level (the timestep embedding is 4x it).
+        channel_mults: U-Net width per resolution level, times base_channels; each level halves the latents.
+        num_res_blocks: ResBlocks per U-Net level on the way down (one more on the way up).
+        attention_levels: U-Net levels (indices into channel_mults) with self- and cross-attention; the middle has both.
+        num_heads: U-Net attention heads; must divide the widths of the attention levels and the deepest.
+        dropout: dropout probability inside the U-Net's ResBlocks.
+        caption_dropout: probability a training caption is replaced by "" (for classifier-free guidance).
+        schedule: noise schedule: linear, scaled_linear or cosine.
+        num_train_timesteps: diffusion steps T of the noise schedule.
+        prediction: what the U-Net predicts: epsilon (the noise), v_prediction (v) or sample (x0).
+        min_snr_gamma: weight the loss by min(SNR, gamma) (Hang et al. 2023), e.g. 5; null: unweighted.
+        lr: AdamW learning rate, reached at the end of the warm-up (the vae and a clip encoder stay frozen).
+        weight_decay: AdamW weight decay, on every trained parameter.
+        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        sampler: sampler of `generate` unless given: ddpm, ddim, dpmpp_2m, euler, euler_ancestral or heun.
+        sampling_steps: sampling steps of `generate` unless given.
+        guidance: classifier-free guidance scale of `generate` unless given (1: the conditional model alone).
+    """
 
     family_name = "ldm"
     modality = "image"
@@ -114,15 +131,13 @@ class LDM(CaptionConditioned, GenerativeModule):
         super().__init__()
         check_options(prediction=prediction, sampler=sampler)
         if first_stage_config is None:
-            first_stage_config = self._first_stage_config(first_stage, in_channels, image_size)
+            first_stage_config = first_stage_hparams(first_stage, in_channels, image_size, "ldm")
         # the first-stage config actually used goes into the checkpoint: the model rebuilds without the VAE file
         self.save_hyperparameters()
         # set explicitly: under LightningCLI, save_hyperparameters records the parsed values (None here)
         self.hparams["first_stage_config"] = first_stage_config
 
-        vae_class = registry.get_model_class("vae")
-        self.first_stage = build_module(vae_class, **first_stage_config)
-        self.first_stage.requires_grad_(False)
+        self.first_stage = build_first_stage(first_stage_config)
         # True once the VAE weights are trained or loaded; saved with the weights
         self.register_buffer("first_stage_ready", torch.tensor(False))
         factor = self.first_stage.hparams.downsample_factor
@@ -137,9 +152,7 @@ class LDM(CaptionConditioned, GenerativeModule):
         self.clip = None
         if text_encoder is not None:  # a frozen clip family's text encoder
             if text_encoder_config is None:  # first built: weights and config from the clip checkpoint
-                from zoo.checkpoint import load_model
-
-                self.clip = load_model(text_encoder)
+                self.clip = load_model(text_encoder, family="clip", flag="--model.text_encoder")
                 self.hparams["text_encoder_config"] = {
                     k: v for k, v in self.clip.hparams.items() if not k.startswith("_")
                 }
@@ -169,36 +182,6 @@ class LDM(CaptionConditioned, GenerativeModule):
 
     # --- the first stage ----------------------------------------------------------------------
 
-    @staticmethod
-    def _first_stage_config(path: str | None, in_channels: int, image_size: int) -> dict[str, Any]:
-        if path is None:
-            return {"in_channels": in_channels, "image_size": image_size, **DEFAULT_FIRST_STAGE}
-        from zoo.checkpoint import read_checkpoint
-
-        config = dict(read_checkpoint(path).get("hyper_parameters", {}))
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
-        if (config.get("in_channels"), config.get("image_size")) != (in_channels, image_size):
-            raise ValueError(
-                f"first stage '{path}' is for {config.get('in_channels')}-channel {config.get('image_size')}px "
-                f"images, but this ldm is for {in_channels}-channel {image_size}px ones: train a VAE on the "
-                "same data (python -m zoo.fit --model vae --data ...) or leave --model.first_stage unset"
-            )
-        return config
-
-    def _load_first_stage(self, path: str) -> None:
-        from zoo.checkpoint import load_model
-
-        vae = load_model(path)
-        if not all(hasattr(vae, name) for name in ("encode_latents", "decode_latents", "latent_scale")):
-            raise ValueError(f"first stage '{path}' is a {type(vae).__name__}, not a vae checkpoint")
-        if float(vae.latent_scale) == 1.0:
-            raise ValueError(
-                f"first stage '{path}' has no measured latent scale (it never ran a validation): "
-                "train it with validation (the vae recipe does) before using it as a first stage"
-            )
-        self.first_stage.load_state_dict(vae.state_dict())
-        self.first_stage_ready.fill_(True)
-
     def prepare_fit(
         self, trainer: L.Trainer, datamodule: L.LightningDataModule, ckpt_path: str | None
     ) -> None:
@@ -208,69 +191,21 @@ class LDM(CaptionConditioned, GenerativeModule):
         self._train_tokenizer(datamodule)
         if ckpt_path is not None or bool(self.first_stage_ready):
             return  # resuming: the first stage comes back with the checkpoint's weights
-        if self.hparams.first_stage is not None:
-            self._load_first_stage(self.hparams.first_stage)
-            return
-        folder = Path(trainer.default_root_dir) / "first_stage"
-        done = folder / FIRST_STAGE_FILE
-        if _is_secondary_rank():  # rank 0 trains it; the others wait for its checkpoint
-            deadline = time.monotonic() + 6 * 3600
-            while not done.exists():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"gave up waiting for rank 0's first stage at {done}")
-                time.sleep(5)
-            time.sleep(2)
-        else:
-            self._train_first_stage(trainer, datamodule, folder)
-        self._load_first_stage(str(done))
-
-    def _train_first_stage(self, trainer: L.Trainer, datamodule: L.LightningDataModule, folder: Path) -> None:
-        from lightning.pytorch.accelerators import CUDAAccelerator
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import CSVLogger
-
-        from zoo.callbacks import SampleGrid
-
-        steps = self.hparams.first_stage_steps
-        print(f"ldm: training the first stage (vae, {steps} steps) in {folder}; then the latent model")
-        vae = self.first_stage
-        vae.requires_grad_(True)
-        # a fresh copy of the datamodule, so the latent model's data order does not depend on stage 1
-        hparams = {
-            k: v for k, v in (getattr(datamodule, "hparams", {}) or {}).items() if not k.startswith("_")
-        }
-        data = type(datamodule)(**hparams) if hparams else datamodule
-        on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
-        device = trainer.strategy.root_device
-        stage = L.Trainer(
-            accelerator="gpu" if on_gpu else "cpu",
-            devices=[device.index or 0] if on_gpu else 1,
-            precision=trainer.precision,
-            max_steps=steps,
-            val_check_interval=max(1, steps // 2),
-            check_val_every_n_epoch=None,
-            limit_val_batches=8,
-            log_every_n_steps=25,
-            default_root_dir=str(folder),
-            logger=CSVLogger(str(folder), name="", version=""),
-            callbacks=[
-                ModelCheckpoint(dirpath=str(folder / "checkpoints"), save_last=True, save_top_k=0),
-                SampleGrid(every_n_steps=max(1, steps // 2), num_samples=32),
-            ],
-            enable_model_summary=False,
-            enable_progress_bar=trainer.progress_bar_callback is not None,
+        prepare_first_stage(
+            self.first_stage,
+            given=self.hparams.first_stage,
+            trainer=trainer,
+            datamodule=datamodule,
+            steps=self.hparams.first_stage_steps,
+            family="ldm",
         )
-        stage.fit(vae, datamodule=data)
-        stage.save_checkpoint(folder / FIRST_STAGE_FILE)
-        vae.requires_grad_(False)
-        vae._trainer = None  # the stage-1 trainer is done with it
-        metrics = {k: float(v) for k, v in stage.callback_metrics.items() if k.startswith("val/")}
-        print("ldm: first stage done: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+        self.first_stage_ready.fill_(True)
 
     def on_fit_start(self) -> None:
         # a Python user's own Trainer (no zoo.fit, so no prepare_fit): take the given first stage now
         if not bool(self.first_stage_ready) and self.hparams.first_stage is not None:
-            self._load_first_stage(self.hparams.first_stage)
+            load_first_stage(self.first_stage, self.hparams.first_stage)
+            self.first_stage_ready.fill_(True)
 
     def train(self, mode: bool = True) -> LDM:
         super().train(mode)
@@ -295,9 +230,7 @@ class LDM(CaptionConditioned, GenerativeModule):
         if self.clip is None:
             return super().encode_text(prompts)
         states, mask = self.clip.text_states(list(prompts))
-        weights = mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return {"states": states, "mask": mask, "pooled": pooled}
+        return {"states": states, "mask": mask, "pooled": masked_mean(states, mask.unsqueeze(-1), dim=1)}
 
     # --- training -----------------------------------------------------------------------------
 
@@ -335,6 +268,7 @@ class LDM(CaptionConditioned, GenerativeModule):
         factor = self.first_stage.hparams.downsample_factor
         return F.max_pool2d(mask, factor, factor)
 
+    @inference
     def generate(
         self,
         n: int,
@@ -360,9 +294,10 @@ class LDM(CaptionConditioned, GenerativeModule):
         - `init` with `outpaint` {"left": px, "right": px, "top": px, "bottom": px} (multiples of the VAE's
           downsampling factor): extend the canvas and generate the new border.
         """
-        sampler = sampler or self.hparams.sampler
-        check_options(sampler=sampler)
-        steps = steps or self.hparams.sampling_steps
+        options = sampling_options(
+            self.hparams, self.schedule, self.device, sampler=sampler, steps=steps, generator=generator,
+            eta=eta, progress=progress,
+        )  # fmt: skip
         guidance = self.hparams.guidance if guidance is None else guidance
         factor = self.first_stage.hparams.downsample_factor
         height = width = self.hparams.image_size
@@ -393,13 +328,9 @@ class LDM(CaptionConditioned, GenerativeModule):
         if mask is not None and init is None:
             raise ValueError("inpainting needs the image to keep: pass init (--init-image) with the mask")
 
-        prompts = self._prompts(condition, n)
-        text = self.encode_text(prompts)
-        if guidance != 1.0:
-            negative = self._prompts(negative_prompt if negative_prompt is not None else "", n)
-            denoiser = classifier_free_guidance(self._unet, text, self.encode_text(negative), guidance)
-        else:
-            denoiser = lambda x, t: self._unet(x, t, text)  # noqa: E731 - a denoiser is a callable
+        text = self.encode_text(self._prompts(condition, n))
+        negative = self.encode_text(self._prompts("" if negative_prompt is None else negative_prompt, n))
+        denoiser = guided_denoiser(self._unet, text, negative, guidance)
 
         shape = (n, self.latent_channels, height // factor, width // factor)
         pixels = known = latent_mask = None
@@ -412,18 +343,11 @@ class LDM(CaptionConditioned, GenerativeModule):
         latents = run_sampler(
             denoiser,
             shape=shape,
-            schedule=self.schedule,
-            sampler=sampler,
-            steps=steps,
-            prediction=self.hparams.prediction,
-            generator=generator,
-            device=self.device,
-            eta=eta,
             init=known if (mask is None or strength < 1.0) else None,
             strength=strength,
             mask=latent_mask,
             known=known if mask is not None else None,
-            progress=progress,
+            **options,
         )
         images = self.first_stage.decode_latents(latents)
         if mask is not None:  # the kept pixels are the input's own, not their VAE reconstruction

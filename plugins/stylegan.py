@@ -19,8 +19,8 @@ Discriminator: residual blocks of equalised-learning-rate convolutions with aver
 minibatch standard-deviation feature at 4x4, a linear head, and the projection term when
 class-conditional. Objective: the non-saturating logistic loss with lazy R1 regularisation
 (`r1_weight` = gamma, every `r1_every` batches); path-length regularisation is not implemented.
-DiffAugment, TTUR and the EMA callback work as in the `gan` families, whose training loop this
-class reuses (manual optimisation; `max_steps` counts D and G steps, see `zoo.plugins.gan`).
+DiffAugment, TTUR and the EMA callback work as in the `gan` families: both take their training loop
+from `zoo.gan.GANModule` (manual optimisation; `max_steps` counts D and G steps, see there).
 
     python -m zoo.fit --model stylegan
     python -m zoo.sample --ckpt runs/stylegan/<run>/checkpoints/last.ckpt --truncation 0.7 --label 3
@@ -35,10 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.module import GenerativeModule
-from zoo.nn.adversarial import check_objective
-from zoo.nn.adversarial import diff_augment as augment_images
-from zoo.plugins.gan import GAN, _arguments
+from zoo.gan import GANModule, doublings_from_4x4
+from zoo.module import inference
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -115,8 +113,8 @@ class ModulatedConv2d(nn.Module):
 
     Computed as StyleGAN2's non-fused path: scale the activations by s, convolve with the shared
     weight, scale the outputs by the demodulation coefficients. That equals convolving with the
-    per-sample weights w'' (a test checks it against the grouped convolution) and is ~4x faster
-    on a CPU than the grouped form.
+    per-sample weights w'' (a test checks it against the grouped convolution) and is faster on a CPU
+    than the grouped form, most at the low resolutions (benchmarks/kernel_choices.py, RESULTS.md).
     """
 
     def __init__(
@@ -210,9 +208,7 @@ class SynthesisNetwork(nn.Module):
         self, w_dim: int, out_channels: int, image_size: int, channels: int, max_channels: int
     ) -> None:
         super().__init__()
-        levels = int(math.log2(image_size)) - 2
-        if image_size < 8 or 2 ** (levels + 2) != image_size:
-            raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+        levels = doublings_from_4x4(image_size)
         width = lambda res: min(max_channels, channels * image_size // res)  # noqa: E731 - channels per resolution
         self.const = nn.Parameter(torch.randn(1, width(4), 4, 4))
         self.resolutions = [4 * 2**i for i in range(levels + 1)]
@@ -380,9 +376,23 @@ class StyleDiscriminator(nn.Module):
         return out
 
 
-class StyleGAN(GAN):
+class StyleGAN(GANModule):
     """StyleGAN2-style generator and residual discriminator; see the module docstring. Training,
-    validation, labels and the divergence check are the `gan` families' (`zoo.plugins.gan.GAN`)."""
+    validation, labels and the divergence check are `zoo.gan.GANModule`'s, as are the other training
+    options (`**training`); the ones named here take StyleGAN2's values: Adam at 2e-3 with betas
+    (0, 0.99) and lazy R1 with gamma 0.1 every 4 batches (Karras et al. 2020, scaled to this size).
+
+    Args:
+        in_channels: image channels (1 grey, 3 RGB); zoo.fit links it to data.channels.
+        image_size: image side in pixels, a power of two >= 8; zoo.fit links it to data.image_size.
+        w_dim: size of the intermediate latent w (and of the class embedding when conditional).
+        mapping_layers: equalised linear layers of the mapping network z -> w (at 0.01x the learning rate).
+        g_channels: G's width at full resolution, doubled at each level down to 4x4, at most max_channels.
+        d_channels: D's width at full resolution, doubled at each level down to 4x4, at most max_channels.
+        max_channels: the most channels of any G or D layer.
+        style_mixing: probability per training batch that a second z's w takes over from a random layer on; 0: off.
+        w_avg_beta: decay of the moving average of w (the truncation trick's centre), updated at each mapping in training.
+    """
 
     def __init__(
         self,
@@ -398,36 +408,26 @@ class StyleGAN(GAN):
         max_channels: int = 64,
         style_mixing: float = 0.9,
         w_avg_beta: float = 0.995,
-        objective: str = "nonsaturating",
-        n_critic: int = 1,
         lr_g: float = 2e-3,
         lr_d: float = 2e-3,
         betas: tuple[float, float] = (0.0, 0.99),
-        gp_weight: float = 0.0,
         r1_weight: float = 0.1,
         r1_every: int = 4,
-        label_smoothing: float = 0.0,
-        diff_augment: str = "",
-        truncation: float = 1.0,
-        max_loss: float = 1e4,
+        **training: Any,
     ) -> None:
-        # GAN.__init__ would build the DCGAN networks; the arguments are passed to save_hyperparameters
-        # explicitly because it finds them only in __init__ frames that call super()
-        GenerativeModule.__init__(self)
-        self.save_hyperparameters(_arguments(locals()))
-        check_objective(objective)
-        if n_critic < 1 or r1_every < 1:
-            raise ValueError(f"n_critic and r1_every must be >= 1, got {n_critic} and {r1_every}")
-        augment_images(torch.zeros(1, 1, 8, 8), diff_augment)  # an unknown policy fails here
-        self.automatic_optimization = False
-        self.conditional = class_conditional and num_classes > 0
-        classes = num_classes if self.conditional else 0
+        super().__init__(
+            num_classes=num_classes, class_conditional=class_conditional, latent_dim=latent_dim,
+            lr_g=lr_g, lr_d=lr_d, betas=betas, r1_weight=r1_weight, r1_every=r1_every, **training,
+        )  # fmt: skip
         self.generator = StyleGenerator(
             latent_dim, w_dim, mapping_layers, in_channels, image_size, g_channels, max_channels,
-            classes, style_mixing, w_avg_beta,
+            self.label_classes, style_mixing, w_avg_beta,
         )  # fmt: skip
-        self.discriminator = StyleDiscriminator(in_channels, image_size, d_channels, max_channels, classes)
+        self.discriminator = StyleDiscriminator(
+            in_channels, image_size, d_channels, max_channels, self.label_classes
+        )
 
+    @inference
     def generate(
         self,
         n: int,
@@ -443,11 +443,9 @@ class StyleGAN(GAN):
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"unknown noise_mode '{noise_mode}'; choose one of {', '.join(NOISE_MODES)}")
         psi = self.hparams.truncation if truncation is None else truncation
-        z = torch.randn(
-            n, self.hparams.latent_dim, generator=generator, device=generator.device if generator else None
-        )
+        z = self._latents(n, generator)
         labels = self._labels(condition, n, generator)
         g = self.generator
-        ws = g.ws(z.to(self.device), labels, truncation=psi).unsqueeze(1).repeat(1, g.num_ws, 1)
+        ws = g.ws(z, labels, truncation=psi).unsqueeze(1).repeat(1, g.num_ws, 1)
         images = g.synthesis(ws, noise_mode=noise_mode, generator=generator)
         return ((images + 1) / 2).clamp(0, 1)

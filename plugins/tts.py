@@ -36,20 +36,14 @@ from torch import nn
 
 from zoo.audio import LOG_FLOOR, LogMel, griffin_lim
 from zoo.audio.alignment import frame_durations, length_regulate
-from zoo.module import GenerativeModule, adamw_with_warmup
+from zoo.errors import DataError
+from zoo.module import GenerativeModule, adamw_with_warmup, attached_trainer, inference
+from zoo.nn.embeddings import sinusoidal_embedding
+from zoo.nn.layers import masked_mean
 
 PAD, UNKNOWN, PAUSE = "<pad>", "<unk>", "_"  # ids 0 and 1; PAUSE is espeak's pause (zoo.audio.espeak.PAUSE)
 # the mel settings a vocoder must share with this model (its hyper-parameters of the same names)
 MEL_SETTINGS = ("sample_rate", "n_mels", "n_fft", "hop_length", "win_length", "f_min", "f_max")
-
-
-def sinusoids(length: int, dim: int, device: torch.device) -> torch.Tensor:
-    """Transformer positional encodings (Vaswani et al. 2017): (length, dim)."""
-    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim, device=device)
-    table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
-    return table
 
 
 class FFTBlock(nn.Module):
@@ -95,7 +89,34 @@ class DurationPredictor(nn.Module):
 
 class TTS(GenerativeModule):
     """FastSpeech-style text-to-speech acoustic model; see the module docstring.
-    `python -m zoo.fit --model tts` (on `speech`, with its espeak-ng phoneme alignments)."""
+    `python -m zoo.fit --model tts` (on `speech`, with its espeak-ng phoneme alignments).
+
+    Args:
+        sample_rate: audio rate in Hz; zoo.fit links it to data.sample_rate.
+        n_mels: mel bands of the log-mels (a vocoder must share all mel settings, sample_rate included).
+        n_fft: STFT size in samples; n_fft - hop_length must be even.
+        hop_length: samples between mel frames, the unit of the phoneme durations.
+        win_length: STFT window in samples.
+        f_min: lowest mel frequency in Hz.
+        f_max: highest mel frequency in Hz, at most sample_rate / 2.
+        vocab_size: phoneme ids: at least the data's phonemes + 2 (<pad>, <unk>).
+        num_speakers: voice embeddings: at least the datamodule's voices (`speech`: len(voices)).
+        dim: model width: phoneme and voice embeddings, FFT blocks; a multiple of heads.
+        heads: attention heads of the FFT blocks.
+        hidden: channels of the 1-D convolution inside each FFT block.
+        kernel_size: odd kernel size of the convolutions in the FFT blocks and the duration predictor.
+        encoder_layers: FFT blocks over the phonemes, before the length regulator.
+        decoder_layers: FFT blocks over the mel frames, after the length regulator.
+        duration_filters: channels of the duration predictor's convolutions.
+        dropout: dropout probability in the FFT blocks and the duration predictor.
+        mel_mean: log-mel mean: the mel is the decoder's output times mel_std plus mel_mean.
+        mel_std: log-mel standard deviation, by which the decoder's output is scaled.
+        lr: AdamW learning rate, reached at the end of the warm-up.
+        weight_decay: AdamW weight decay, on every parameter.
+        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        speed: espeak-ng speaking rate (words a minute) used to turn text into phonemes at generation.
+        griffin_lim_iters: Griffin-Lim iterations when generating without a vocoder.
+    """
 
     modality = "audio"
     default_data = "speech"
@@ -149,32 +170,32 @@ class TTS(GenerativeModule):
     # --- phonemes and voices: from the datamodule, kept in the checkpoint ------------------------
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         if datamodule is None:
             return
         vocabulary = getattr(datamodule, "phoneme_vocabulary", None)
         if not vocabulary:
-            raise ValueError(
+            raise DataError(
                 "tts trains on phoneme alignments: use the `speech` datamodule with --data.alignments true "
                 "(configs/tts/default.yaml sets it)"
             )
         if getattr(datamodule, "sample_rate", self.sample_rate) != self.sample_rate:
-            raise ValueError(
+            raise DataError(
                 f"the data is at {datamodule.sample_rate} Hz but the model at {self.sample_rate} Hz: "
                 f"set --model.sample_rate {datamodule.sample_rate}"
             )
         if len(datamodule.class_names) > self.hparams.num_speakers:
-            raise ValueError(
+            raise DataError(
                 f"the data has {len(datamodule.class_names)} voices but num_speakers is "
                 f"{self.hparams.num_speakers}: set --model.num_speakers {len(datamodule.class_names)}"
             )
         if self.phonemes and self.phonemes != [PAD, UNKNOWN, *vocabulary]:  # resumed or fine-tuned
             missing = sorted(set(vocabulary) - set(self.phonemes))
             if missing:
-                raise ValueError(f"the data has phonemes this model's vocabulary lacks: {missing[:10]}")
+                raise DataError(f"the data has phonemes this model's vocabulary lacks: {missing[:10]}")
             return
         if len(vocabulary) + 2 > self.hparams.vocab_size:
-            raise ValueError(
+            raise DataError(
                 f"the data has {len(vocabulary)} phonemes (+2 reserved ids) but vocab_size is "
                 f"{self.hparams.vocab_size}: set --model.vocab_size {len(vocabulary) + 2}"
             )
@@ -220,17 +241,19 @@ class TTS(GenerativeModule):
 
     # --- the model ------------------------------------------------------------------------------
 
+    def _positions(self, length: int, device: torch.device) -> torch.Tensor:
+        # the Transformer paper's table (sin at even, cos at odd channels), (length, dim)
+        return sinusoidal_embedding(torch.arange(length, device=device), self.hparams.dim, interleaved=True)
+
     def encode(self, ids: torch.Tensor, padding: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(ids) * math.sqrt(self.hparams.dim) + sinusoids(
-            ids.shape[1], self.hparams.dim, ids.device
-        )
+        x = self.embedding(ids) * math.sqrt(self.hparams.dim) + self._positions(ids.shape[1], ids.device)
         for block in self.encoder:
             x = block(x, padding)
         return x + self.speakers(speakers)[:, None]
 
     def decode(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """Regulated phoneme vectors (B, T, D) -> log-mel (B, n_mels, T)."""
-        x = frames + sinusoids(frames.shape[1], self.hparams.dim, frames.device) * frame_mask[..., None]
+        x = frames + self._positions(frames.shape[1], frames.device) * frame_mask[..., None]
         for block in self.decoder:
             x = block(x, ~frame_mask)
         mel = self.to_mel(x) * self.hparams.mel_std + self.hparams.mel_mean
@@ -263,7 +286,7 @@ class TTS(GenerativeModule):
         """A `speech` batch with alignments -> phoneme ids, padding, voices, true frame durations and
         target log-mels (B, n_mels, F)."""
         if "phones" not in batch:
-            raise ValueError("tts needs phoneme alignments in its batches: --data.alignments true")
+            raise DataError("tts needs phoneme alignments in its batches: --data.alignments true")
         audio, lengths, hop = batch["audio"], batch["length"], self.hparams.hop_length
         names = [[PAUSE, *phones.split(" ")] for phones in batch["phones"]]
         ids, padding = self.phoneme_ids(names)
@@ -285,10 +308,7 @@ class TTS(GenerativeModule):
         out = self(inputs["ids"], inputs["padding"], inputs["speakers"], inputs["durations"])
         target, mask = inputs["target"], out["frame_mask"]
         frames = min(target.shape[-1], mask.shape[-1])
-        keep = mask[:, None, :frames].to(target.dtype)
-        mel_l1 = ((out["mel"][..., :frames] - target[..., :frames]).abs() * keep).sum() / (
-            keep.sum() * target.shape[1]
-        ).clamp_min(1)
+        mel_l1 = masked_mean((out["mel"][..., :frames] - target[..., :frames]).abs(), mask[:, None, :frames])
         real = ~inputs["padding"]
         duration = F.mse_loss(out["log_durations"][real], torch.log1p(inputs["durations"][real].float()))
         return {"loss": mel_l1 + duration, "mel_l1": mel_l1, "duration_mse": duration}
@@ -376,6 +396,7 @@ class TTS(GenerativeModule):
         mel = out["mel"].masked_fill(~out["frame_mask"][:, None], math.log(LOG_FLOOR))
         return mel, out["frame_mask"].sum(-1)
 
+    @inference
     def generate(
         self,
         n: int,
@@ -409,6 +430,7 @@ class TTS(GenerativeModule):
             audio[i, count * hop :] = 0.0
         return audio[:, : int(frames.max()) * hop].clamp(-1.0, 1.0)
 
+    @inference
     def previews(
         self, batch: dict[str, Any] | None, *, n: int, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
@@ -416,15 +438,9 @@ class TTS(GenerativeModule):
         with their true durations, and with its predicted durations."""
         if batch is None or "phones" not in batch or not self.phonemes:
             return {}
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                inputs = self.batch_inputs(batch)
-                forced = self(inputs["ids"], inputs["padding"], inputs["speakers"], inputs["durations"])
-                free = self(inputs["ids"], inputs["padding"], inputs["speakers"])
-        finally:
-            self.train(was_training)
+        inputs = self.batch_inputs(batch)
+        forced = self(inputs["ids"], inputs["padding"], inputs["speakers"], inputs["durations"])
+        free = self(inputs["ids"], inputs["padding"], inputs["speakers"])
 
         def image(mel: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
             low, high = math.log(LOG_FLOOR), 2.0

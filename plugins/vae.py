@@ -22,23 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.module import GenerativeModule, adamw_with_warmup
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    # at least 4 channels a group, at most 32 groups (Wu & He 2018), and a divisor of the width
-    groups = min(32, max(1, channels // 4))
-    while channels % groups:
-        groups -= 1
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+from zoo.module import GenerativeModule, adamw_with_warmup, inference
+from zoo.nn.layers import group_norm
 
 
 class ResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            _norm(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            _norm(out_channels), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            group_norm(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            group_norm(out_channels), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )  # fmt: skip
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -63,7 +56,7 @@ class Encoder(nn.Module):
         for level in range(levels):
             layers += [ResBlock(widths[level], widths[level]) for _ in range(blocks)]
             layers.append(nn.Conv2d(widths[level], widths[level + 1], 3, stride=2, padding=1))
-        layers += [ResBlock(widths[-1], widths[-1]), _norm(widths[-1]), nn.SiLU(),
+        layers += [ResBlock(widths[-1], widths[-1]), group_norm(widths[-1]), nn.SiLU(),
                    nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1)]  # fmt: skip
         self.net = nn.Sequential(*layers)
 
@@ -89,7 +82,7 @@ class Decoder(nn.Module):
                 nn.Conv2d(widths[level + 1], widths[level], 3, padding=1),
             ]
             layers += [ResBlock(widths[level], widths[level]) for _ in range(blocks)]
-        layers += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], out_channels, 3, padding=1)]
+        layers += [group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -102,7 +95,21 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class VAE(GenerativeModule):
-    """Convolutional VAE; see the module docstring. `python -m zoo.fit --model vae`."""
+    """Convolutional VAE; see the module docstring. `python -m zoo.fit --model vae`.
+
+    Args:
+        in_channels: image channels (1 grey, 3 RGB); zoo.fit links it to data.channels.
+        image_size: image side in pixels, divisible by downsample_factor; zoo.fit links it to data.image_size.
+        latent_channels: channels of the latent (the posterior is a diagonal Gaussian per element).
+        downsample_factor: image side / latent side: 1, 2, 4, 8 or 16 (one resolution level per halving).
+        base_channels: width at full resolution; doubled at each level down, at most 4x.
+        blocks_per_level: ResBlocks per resolution level in the encoder and in the decoder (one more at the latent size).
+        beta: KL weight: loss = reconstruction + beta * KL, both divided by the image's pixels; small: sharp reconstructions.
+        reconstruction_loss: l1 or l2 (squared error), summed over an image's pixels and channels.
+        lr: AdamW learning rate, reached at the end of the warm-up.
+        weight_decay: AdamW weight decay, on every parameter.
+        warmup_steps: optimizer steps of linear learning-rate warm-up.
+    """
 
     modality = "image"
     default_data = "shapes"
@@ -229,6 +236,7 @@ class VAE(GenerativeModule):
 
     # --- generation -----------------------------------------------------------------------
 
+    @inference
     def generate(
         self,
         n: int,
@@ -244,17 +252,14 @@ class VAE(GenerativeModule):
         z = temperature * torch.randn(shape, generator=generator, device=self.device)
         return ((self.decode(z) + 1) / 2).clamp(0, 1)
 
+    @inference
     def previews(
         self, batch: dict[str, Any] | None, *, n: int, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
         out = {"samples": self.generate(n, generator=generator)}
         if batch is not None and "image" in batch:
             x = batch["image"][: max(1, n // 2)]
-            with torch.no_grad():
-                was_training = self.training
-                self.eval()
-                reconstruction = self.decode(self.encode(x)[0])
-                self.train(was_training)
+            reconstruction = self.decode(self.encode(x)[0])
             pairs = torch.stack([x, reconstruction], dim=1).flatten(0, 1)  # original, reconstruction, ...
             out["reconstructions"] = ((pairs + 1) / 2).clamp(0, 1)
         return out

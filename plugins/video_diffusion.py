@@ -2,9 +2,9 @@
 
 Built from the parts the image families already have (nothing here re-implements them):
 - first stage: the `vae` family applied frame by frame (its latents times `latent_scale`), trained by the
-  same code as `ldm`'s first stage (`LDM._train_first_stage`, here on the clips' frames), or taken from a
-  vae checkpoint (`--model.first_stage`); `--model.pixel_space true` skips it (the small configuration
-  the tests train in a minute);
+  latent families' shared code (`zoo.first_stage`, here on the clips' frames), or taken from a vae
+  checkpoint (`--model.first_stage`); `--model.pixel_space true` skips it (a small configuration that
+  trains in a minute on a CPU);
 - denoiser: `zoo.nn.video_unet.VideoUNet`, the image U-Net of `zoo.nn.unet` run on every frame, with a
   temporal self-attention block (identity at initialisation, rotary frame positions) after each ResBlock
   group; `--model.image_model LDM_CKPT` inflates an `ldm`'s U-Net (and takes its first stage, text
@@ -13,7 +13,7 @@ Built from the parts the image families already have (nothing here re-implements
   trained jointly, or frozen at its initialisation with `freeze_text_encoder` as in the recipe, so that
   words the denoiser learns late, like the direction, are not merged first), cross-attention in every
   attention level, pooled text added to the timestep embedding, caption dropout for classifier-free
-  guidance (`zoo.diffusion.classifier_free_guidance`);
+  guidance (`zoo.diffusion.guided_denoiser`);
 - training: the denoising loss of `zoo.diffusion`, with `high_noise_fraction` of the timesteps drawn
   from the top of the schedule, where the caption decides the motion (docs/families/video_diffusion.md);
 - sampling: any sampler of `zoo.diffusion`; image-to-video and continuation are the core's inpainting
@@ -29,32 +29,22 @@ Built from the parts the image families already have (nothing here re-implements
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo import registry
-from zoo.diffusion import (
-    NoiseSchedule,
-    check_options,
-    classifier_free_guidance,
-)
+from zoo.checkpoint import load_model, require_family
+from zoo.diffusion import NoiseSchedule, check_options, guided_denoiser, sampling_options
 from zoo.diffusion import sample as run_sampler
-from zoo.module import GenerativeModule, adamw_with_warmup, build_module
+from zoo.first_stage import build_first_stage, first_stage_hparams, load_first_stage, prepare_first_stage
+from zoo.module import GenerativeModule, adamw_with_warmup, inference
 from zoo.nn.text import CaptionConditioned, CaptionTokenizer, TextEncoder
 from zoo.nn.video_unet import VideoUNet
 
 EXTEND_MODES = ("direct", "continue")
-
-
-def _ldm_class() -> type:
-    # the first-stage code is ldm's; reached through the registry, as one family reaches another
-    return registry.get_model_class("ldm")
 
 
 # ------------------------------------------------------------------ frames of clips, for the first stage
@@ -77,7 +67,7 @@ class _FrameDataset(Dataset):
 class VideoFramesDataModule(L.LightningDataModule):
     """A video datamodule's train/val clips seen as single frames, to train a per-frame first stage (vae).
 
-    No hyper-parameters of its own, so `ldm`'s first-stage trainer uses this object as it is."""
+    No hyper-parameters of its own, so `zoo.first_stage.train_first_stage` uses this object as it is."""
 
     def __init__(self, video: L.LightningDataModule, batch_size: int = 64, seed: int = 0) -> None:
         super().__init__()
@@ -106,7 +96,51 @@ class VideoFramesDataModule(L.LightningDataModule):
 
 
 class VideoDiffusion(CaptionConditioned, GenerativeModule):
-    """Text-to-video latent diffusion; see the module docstring."""
+    """Text-to-video latent diffusion; see the module docstring.
+
+    Args:
+        in_channels: frame channels (1 grey, 3 RGB); zoo.fit links it to data.channels.
+        image_size: frame side in pixels; zoo.fit links it to data.image_size.
+        frames: frames per training clip (generated clips' default length); zoo.fit links it to data.frames.
+        fps: the rate clips play at (zoo.sample writes GIFs at it); zoo.fit links it to data.fps.
+        pixel_space: diffuse pixels directly, with no vae (first_stage and image_model must be null).
+        first_stage: a trained `vae` checkpoint for these frames; null: zoo.fit trains one on the frames.
+        first_stage_config: the vae's hyper-parameters; null: first_stage's, image_model's or zoo's default.
+        first_stage_steps: training steps of the vae that zoo.fit trains when no vae is given.
+        first_stage_batch_size: frames per batch when zoo.fit trains the vae.
+        image_model: an `ldm` checkpoint (no clip) whose U-Net, vae, text encoder and tokenizer start the model.
+        vocab_size: most tokens of the BPE tokenizer trained on the captions.
+        text_width: width of the text encoder's token states.
+        text_depth: transformer blocks of the text encoder.
+        text_heads: attention heads of the text encoder.
+        max_length: tokens per caption with <bos> and <eos>; longer ones are cut.
+        freeze_text_encoder: leave the text encoder untrained, as initialised (random, or image_model's).
+        base_channels: U-Net width at the first resolution level (the timestep embedding is 4x it).
+        channel_mults: U-Net width per resolution level, times base_channels; each level halves the latents.
+        num_res_blocks: ResBlocks per U-Net level on the way down (one more on the way up).
+        attention_levels: U-Net levels (indices into channel_mults) with spatial self- and cross-attention.
+        num_heads: spatial attention heads; must divide the widths of the attention levels and the deepest.
+        temporal_heads: heads of the temporal attention; null: num_heads.
+        temporal_levels: U-Net levels with temporal attention after each ResBlock; null: all (the middle always).
+        temporal_conditioning: modulate the middle temporal attention by the timestep and pooled text (adaLN).
+        absolute_positions: add a sinusoidal frame-index encoding to the temporal attention's tokens.
+        frame_embedding: add an embedding of the frame index to every ResBlock's timestep embedding.
+        dropout: dropout probability inside the U-Net's ResBlocks.
+        caption_dropout: probability a training caption is replaced by "" (for classifier-free guidance).
+        schedule: noise schedule: linear, scaled_linear or cosine.
+        schedule_shift: divide the schedule's SNR by schedule_shift**2 (> 1: noisier); 1: unchanged.
+        num_train_timesteps: diffusion steps T of the noise schedule.
+        prediction: what the U-Net predicts: epsilon (the noise), v_prediction (v) or sample (x0).
+        min_snr_gamma: weight the loss by min(SNR, gamma) (Hang et al. 2023), e.g. 5; null: unweighted.
+        high_noise_fraction: probability a training timestep is drawn from [high_noise_start * T, T); 0: uniform.
+        high_noise_start: start of that high-noise range, as a fraction of num_train_timesteps, in [0, 1).
+        lr: AdamW learning rate, reached at the end of the warm-up (the vae stays frozen).
+        weight_decay: AdamW weight decay, on every trained parameter.
+        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        sampler: sampler of `generate` unless given: ddpm, ddim, dpmpp_2m, euler, euler_ancestral or heun.
+        sampling_steps: sampling steps of `generate` unless given.
+        guidance: classifier-free guidance scale of `generate` unless given (1: the conditional model alone).
+    """
 
     family_name = "video_diffusion"
     caption_limit = 2000  # clips are rendered on demand (~1 ms each): read a sample of the captions
@@ -180,7 +214,7 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
             image_config = self._image_model_config(image_model, in_channels, image_size)
             first_stage_config = image_config["first_stage_config"]
         if not pixel_space and first_stage_config is None:
-            first_stage_config = _ldm_class()._first_stage_config(first_stage, in_channels, image_size)
+            first_stage_config = first_stage_hparams(first_stage, in_channels, image_size, "video_diffusion")
         self.save_hyperparameters()
         # set explicitly: under LightningCLI, save_hyperparameters records the parsed values (None here)
         self.hparams["first_stage_config"] = first_stage_config
@@ -190,8 +224,7 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
         if pixel_space:
             self.latent_channels, self.latent_size, factor = in_channels, image_size, 1
         else:
-            self.first_stage = build_module(registry.get_model_class("vae"), **first_stage_config)
-            self.first_stage.requires_grad_(False)
+            self.first_stage = build_first_stage(first_stage_config)
             factor = self.first_stage.hparams.downsample_factor
             self.latent_channels = self.first_stage.hparams.latent_channels
             self.latent_size = image_size // factor
@@ -205,10 +238,10 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
 
         self.text_encoder = TextEncoder(vocab_size, text_width, text_depth, text_heads, max_length)
         if freeze_text_encoder:
-            # A jointly trained encoder lets words the denoiser does not use yet fade into one another (the
-            # direction words did: "right" and "left" ended 0.06 apart against 16 for two colours), and a
-            # faded word cannot be learned later. Kept at its (random) initialisation, every word stays
-            # distinct, as with the frozen pretrained encoders of large video models.
+            # A jointly trained encoder pulls words the denoiser does not use yet toward one another, and a
+            # merged word cannot be learned later. Kept at its (random) initialisation, every word stays
+            # distinct, as with the frozen pretrained encoders of large video models (benchmarks/RESULTS.md,
+            # "Why the direction word went unused").
             self.text_encoder.requires_grad_(False)
         self.tokenizer: CaptionTokenizer | None = None
         self.unet = VideoUNet(
@@ -235,14 +268,7 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
     # --- the first stage and inflation ---------------------------------------------------------
 
     def _image_model_config(self, path: str, in_channels: int, image_size: int) -> dict[str, Any]:
-        from zoo.checkpoint import read_checkpoint
-
-        checkpoint = read_checkpoint(path)
-        if checkpoint.get("zoo", {}).get("model") != "ldm":
-            raise ValueError(
-                f"image_model '{path}' is a {checkpoint.get('zoo', {}).get('model')!r} checkpoint; "
-                "inflation takes an ldm checkpoint (python -m zoo.fit --model ldm)"
-            )
+        checkpoint = require_family(path, "ldm", "--model.image_model")
         config = checkpoint["hyper_parameters"]
         if (config.get("in_channels"), config.get("image_size")) != (in_channels, image_size):
             raise ValueError(
@@ -253,9 +279,7 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
 
     def _inflate(self, path: str) -> None:
         """Spatial U-Net, first stage, text encoder and tokenizer from an ldm; temporal layers stay identity."""
-        from zoo.checkpoint import load_model
-
-        ldm = load_model(path)
+        ldm = load_model(path, family="ldm", flag="--model.image_model")
         if ldm.clip is not None:
             raise ValueError(f"image_model '{path}' uses a clip text encoder; inflate an ldm with its own")
         names = ("text_width", "text_depth", "text_heads", "max_length", "vocab_size", "base_channels",
@@ -276,33 +300,23 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
         self, trainer: L.Trainer, datamodule: L.LightningDataModule, ckpt_path: str | None
     ) -> None:
         """Called by `zoo.fit` before training: trains the tokenizer and, unless the model is in pixel space,
-        was given a first stage, or resumes, the per-frame vae in `<run>/first_stage/` (ldm's code)."""
+        was given a first stage, or resumes, the per-frame vae in `<run>/first_stage/` (`zoo.first_stage`)."""
         datamodule.setup("fit")
         self._check_data(datamodule)
         self._train_tokenizer(datamodule)
         if ckpt_path is not None or bool(self.first_stage_ready):
             return
-        ldm = _ldm_class()
-        if self.hparams.first_stage is not None:
-            ldm._load_first_stage(self, self.hparams.first_stage)
-            return
-        from zoo.plugins.ldm import FIRST_STAGE_FILE, _is_secondary_rank
-
-        folder = Path(trainer.default_root_dir) / "first_stage"
-        done = folder / FIRST_STAGE_FILE
-        if _is_secondary_rank():  # rank 0 trains it; the others wait for its checkpoint
-            deadline = time.monotonic() + 6 * 3600
-            while not done.exists():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"gave up waiting for rank 0's first stage at {done}")
-                time.sleep(5)
-            time.sleep(2)
-        else:
-            frames = VideoFramesDataModule(
+        prepare_first_stage(
+            self.first_stage,
+            given=self.hparams.first_stage,
+            trainer=trainer,
+            datamodule=VideoFramesDataModule(
                 datamodule, self.hparams.first_stage_batch_size, seed=getattr(datamodule, "seed", 0)
-            )
-            ldm._train_first_stage(self, trainer, frames, folder)
-        ldm._load_first_stage(self, str(done))
+            ),
+            steps=self.hparams.first_stage_steps,
+            family="video_diffusion",
+        )
+        self.first_stage_ready.fill_(True)
 
     def _check_data(self, datamodule: L.LightningDataModule) -> None:
         if getattr(datamodule, "modality", "video") != "video" or not hasattr(datamodule, "frames"):
@@ -320,7 +334,8 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
     def on_fit_start(self) -> None:
         # a Python user's own Trainer (no zoo.fit, so no prepare_fit): take the given first stage now
         if not bool(self.first_stage_ready) and self.hparams.first_stage is not None:
-            _ldm_class()._load_first_stage(self, self.hparams.first_stage)
+            load_first_stage(self.first_stage, self.hparams.first_stage)
+            self.first_stage_ready.fill_(True)
 
     def train(self, mode: bool = True) -> VideoDiffusion:
         super().train(mode)
@@ -399,6 +414,7 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
             full[:, : known.shape[1]] = known
         return run_sampler(denoiser, shape=shape, mask=mask, known=full, **options)
 
+    @inference
     def generate(
         self,
         n: int,
@@ -427,30 +443,22 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
           kept exactly and the rest is generated (image-to-video for T0 = 1, continuation for more).
         - `negative_prompt` replaces the empty prompt of classifier-free guidance.
         """
-        sampler = sampler or self.hparams.sampler
-        check_options(sampler=sampler)
         if extend not in EXTEND_MODES:
             raise ValueError(f"extend must be one of {', '.join(EXTEND_MODES)}, got {extend!r}")
         frames = int(frames or self.hparams.frames)
         if frames < 1:
             raise ValueError(f"frames must be at least 1, got {frames}")
-        steps = steps or self.hparams.sampling_steps
+        options = sampling_options(
+            self.hparams, self.schedule, self.device, sampler=sampler, steps=steps, generator=generator,
+            eta=eta, progress=progress,
+        )  # fmt: skip
+        options["clip_sample"] = self.first_stage is None  # pixels are bounded, latents are not
         guidance = self.hparams.guidance if guidance is None else guidance
         pixels = None if init is None else self._check_init(init, n, frames)
 
         text = self.encode_text(self._prompts(condition, n))
-        if guidance != 1.0:
-            negative = self.encode_text(
-                self._prompts(negative_prompt if negative_prompt is not None else "", n)
-            )
-            denoiser = classifier_free_guidance(self._unet, text, negative, guidance)
-        else:
-            denoiser = lambda x, t: self._unet(x, t, text)  # noqa: E731 - a denoiser is a callable
-        options = dict(
-            schedule=self.schedule, sampler=sampler, steps=steps, prediction=self.hparams.prediction,
-            generator=generator, device=self.device, eta=eta, progress=progress,
-            clip_sample=self.first_stage is None,  # pixels are bounded, latents are not
-        )  # fmt: skip
+        negative = self.encode_text(self._prompts("" if negative_prompt is None else negative_prompt, n))
+        denoiser = guided_denoiser(self._unet, text, negative, guidance)
         known = None if pixels is None else self.encode_video(pixels * 2 - 1)
 
         window = self.hparams.frames

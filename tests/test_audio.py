@@ -489,3 +489,15 @@ def test_speech_without_espeak_says_how_to_install_it(
     assert not list(tmp_path.iterdir())  # nothing made before failing
     with pytest.raises(ValueError, match="backend"):
         SpeechDataModule(backend="festival")
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3])
+def test_griffin_lim_vocodes_a_mel_of_a_few_frames(frames):
+    """torchaudio's inverse STFT reflect-pads by n_fft / 2 and raised on a mel of a frame or two (an
+    untrained tts, a one-syllable word); the fallback vocoder pads with silence and cuts back."""
+    front_end = LogMel(22050)
+    t = torch.arange(22050) / 22050
+    mel = front_end(0.5 * torch.sin(2 * math.pi * 440 * t)[None])[..., 10 : 10 + frames]
+    audio = griffin_lim(mel, 22050, front_end=front_end)
+    assert audio.shape == (1, frames * front_end.hop_length)
+    assert audio.abs().max() > 0.05  # the tone, not the padding's silence

@@ -10,8 +10,10 @@ from zoo.diffusion import (
     NoiseSchedule,
     classifier_free_guidance,
     drop_condition,
+    guided_denoiser,
     outpaint_canvas,
     sample,
+    sampling_options,
 )
 
 SCHEDULE = NoiseSchedule.make("linear", 1000)
@@ -230,3 +232,61 @@ def test_cfg_with_structured_conditions():
     out = classifier_free_guidance(model, cond, uncond, 2.0)(x, t)
     c = x * cond["tokens"].mean(dim=(1, 2)).view(-1, 1, 1, 1) + cond["pooled"].sum(1).view(-1, 1, 1, 1)
     torch.testing.assert_close(out, 2.0 * c)  # the null branch is 0 here
+
+
+# --- the guided denoiser families sample with --------------------------------------------------------
+
+
+class LabelEcho:
+    """model_fn(x, t, labels): every output element is the example's label, so guidance has a closed form."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        value = torch.zeros(x.shape[0]) if labels is None else labels.float()
+        return value.view(-1, 1, 1, 1).expand_as(x).clone()
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.5, 7.0])
+def test_guided_denoiser_is_uncond_plus_scale_times_the_difference(scale):
+    x, t = torch.zeros(3, 2, 4, 4), torch.full((3,), 500.0)
+    cond, uncond = torch.tensor([3, 5, 9]), torch.tensor([1])  # uncond: a null label, batch 1
+    model = LabelEcho()
+    out = guided_denoiser(model, cond, uncond, scale)(x, t)
+    expected = 1 + scale * (cond.float() - 1)
+    torch.testing.assert_close(out, expected.view(-1, 1, 1, 1).expand_as(x))
+    assert model.calls == [6]  # both branches in one batched call
+
+
+def test_guided_denoiser_calls_the_network_once_per_step_at_scale_one_or_without_uncond():
+    cond, uncond = torch.tensor([3, 5]), torch.tensor([0, 0])
+    for scale, branch_uncond, batch in ((1.0, uncond, 2), (4.0, None, 2), (4.0, uncond, 4)):
+        model = LabelEcho()
+        sample(
+            guided_denoiser(model, cond, branch_uncond, scale),
+            (2, 1, 4, 4),
+            SCHEDULE,
+            sampler="ddim",
+            steps=5,
+        )
+        assert model.calls == [batch] * 5, (scale, branch_uncond)
+    x, t = torch.zeros(2, 1, 4, 4), torch.full((2,), 10.0)
+    torch.testing.assert_close(
+        guided_denoiser(LabelEcho(), cond, uncond, 1.0)(x, t)[:, 0, 0, 0], cond.float()
+    )
+    torch.testing.assert_close(guided_denoiser(LabelEcho(), None, None, 3.0)(x, t), torch.zeros_like(x))
+
+
+def test_sampling_options_take_the_family_defaults_unless_given():
+    defaults = {"sampler": "ddim", "sampling_steps": 50, "prediction": "v"}
+    options = sampling_options(defaults, SCHEDULE, "cpu")
+    assert (options["sampler"], options["steps"], options["prediction"]) == ("ddim", 50, "v")
+    options = sampling_options(defaults, SCHEDULE, "cpu", sampler="euler", steps=7, eta=0.5)
+    assert (options["sampler"], options["steps"], options["eta"]) == ("euler", 7, 0.5)
+    assert options["schedule"] is SCHEDULE
+    with pytest.raises(ValueError, match="steps must be a whole number of at least 1, got 0"):
+        sampling_options(defaults, SCHEDULE, "cpu", steps=0)  # not "not given"
+    with pytest.raises(ValueError, match="unknown sampler 'nope'"):
+        sampling_options(defaults, SCHEDULE, "cpu", sampler="nope")

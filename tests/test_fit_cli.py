@@ -130,9 +130,9 @@ def test_resume_from_last_ckpt_is_exact(in_tmp):
     assert "rng_states" in check and check["zoo"]["model"] == "vae"
 
 
-def test_help_lists_family_flags():
+def test_help_all_lists_every_flag():
     out = subprocess.run(
-        [sys.executable, "-m", "zoo.fit", "--model", "vae", "--help"],
+        [sys.executable, "-m", "zoo.fit", "--model", "vae", "--help-all"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -382,10 +382,12 @@ def test_nan_loss_stops_with_a_message_and_keeps_finite_weights(in_tmp, fake_dis
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
-def test_exploding_loss_stops_with_a_message_and_a_checkpoint(in_tmp):
+def test_exploding_loss_stops_with_a_message(in_tmp):
     with pytest.raises(DivergedLossError, match="beyond max_loss 0.001.*diverged"):
         run_fit("--model", "lsgan", *TINY, "--model.max_loss", "0.001", "--trainer.max_steps", "10")
-    assert next(Path("runs/lsgan").glob("*/checkpoints/on_exception.ckpt")).is_file()
+    # the loss is beyond 0.001 at the very first step: nothing was trained, so nothing is kept (a NaN
+    # after some steps keeps its checkpoint: test_nan_loss_stops_with_a_message_and_keeps_finite_weights)
+    assert not list(Path("runs/lsgan").glob("*/checkpoints/on_exception.ckpt"))
 
 
 def test_cli_trains_and_samples_with_label_and_truncation(in_tmp):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -155,13 +156,14 @@ def test_causal_mask_future_tokens_do_not_change_the_past() -> None:
     assert not torch.allclose(a[:, 15:], b[:, 15:], atol=1e-3)
 
 
-def test_generate_without_a_tokenizer_or_past_the_context_says_why() -> None:
+def test_generate_without_a_tokenizer_says_why_and_past_the_context_slides() -> None:
     model = GPT(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16)
     with pytest.raises(ValueError, match="no tokenizer"):
         model.generate(2)
     model.tokenizer = CharTokenizer.train(["abc def"])
-    with pytest.raises(ValueError, match="context of 16 tokens"):
-        model.generate(1, condition=["abc"], max_new_tokens=30)
+    with pytest.warns(UserWarning, match="now longer than the model's context of 16 tokens"):
+        text = model.generate(1, condition=["abc"], max_new_tokens=30, min_new_tokens=30)[0]
+    assert len(text) == 3 + 30  # one character a token (tests/test_gpt_window.py checks the window itself)
     with pytest.raises(ValueError, match="beam search"):
         model.generate(1, temperature=0, num_beams=2, max_new_tokens=4, stop=["x"])
     assert all(
@@ -269,3 +271,47 @@ def test_learns_the_caption_grammar(tmp_path: Path) -> None:
     assert rate >= 0.9, [t for t in texts if parse_caption(t) is None][:10]
     distance = attribute_distance(texts, cli.datamodule.texts("val"))
     assert distance["color"] < 0.1 and distance["shape"] < 0.1 and distance["count"] < 0.15, distance
+
+
+def _with_hyper_parameters(ckpt: Path, folder: Path, **changes: Any) -> Path:
+    """A copy of a checkpoint with some hyper-parameters changed (as another recipe would have set them)."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["hyper_parameters"].update(changes)
+    path = folder / "changed.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_readme_sample_commands_on_the_default_recipes_context(tiny_gpt_ckpt: Path, tmp_path: Path) -> None:
+    """The default recipe's max_new_tokens is block_size - 1 (room for the start token only): with a
+    prompt the default is cut to what the context leaves, and an explicit --max-new-tokens past the
+    context slides the window (both refused before, "exceeds the model's context")."""
+    from zoo.sample import main
+
+    block = torch.load(tiny_gpt_ckpt, weights_only=True)["hyper_parameters"]["block_size"]
+    ckpt = _with_hyper_parameters(tiny_gpt_ckpt, tmp_path, max_new_tokens=block - 1)
+    out = tmp_path / "readme"
+    with pytest.warns(
+        UserWarning, match=f"max_new_tokens is {block - 6}, not the model's default {block - 1}"
+    ):
+        main(["--ckpt", str(ckpt), "--num", "8", "--prompt", "a red", "--out", str(out)])
+    texts = (out / "samples.txt").read_text().rstrip("\n").split("\n\n")
+    assert len(texts) == 8 and all(t.startswith("a red") and len(t) <= block - 1 for t in texts)
+    long = tmp_path / "long"
+    with pytest.warns(UserWarning, match=f"context of {block} tokens: each further token is predicted"):
+        main(["--ckpt", str(ckpt), "--num", "2", "--prompt", "a red", "--out", str(long),
+              "--max-new-tokens", "200", "--min-new-tokens", "100", "--temperature", "0.8"])  # fmt: skip
+    assert all(len(t) >= len("a red") + 100 for t in (long / "samples.txt").read_text().split("\n\n"))
+
+
+def test_a_label_is_refused_by_a_text_family(tiny_gpt_ckpt: Path, tmp_path: Path, capsys) -> None:
+    from zoo.sample import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--ckpt", str(tiny_gpt_ckpt), "--num", "1", "--label", "3", "--out", str(tmp_path / "x")])
+    assert info.value.code == 2
+    assert (
+        "GPT is conditioned on text: give prompts (--prompt TEXT), not labels (--label)"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "x").exists()

@@ -191,3 +191,19 @@ def test_fid_falls_as_a_training_run_progresses(in_tmp, shapes16):
         fids.append(result["metrics"][0]["value"])
     print("FID at steps 10, 30, 90:", fids)
     assert fids[0] > fids[1] > fids[2], fids
+
+
+def test_kid_on_fewer_samples_than_its_subset_size_uses_half_and_says_so(shapes16, tmp_path, capsys):
+    """Subsets of every sample are one set: kid_std came out 1e-16. Half the samples give a spread."""
+    from zoo.io.images import save_images
+
+    save_images(_real(1, 12), tmp_path / "a")
+    save_images(_real(2, 12), tmp_path / "b")
+    out = tmp_path / "kid.json"
+    result = evaluate(["--real", str(tmp_path / "a"), "--fake", str(tmp_path / "b"), "--metrics", "kid",
+                       "--extractor", "shapes", "--out", str(out)])  # fmt: skip
+    values = {row["metric"]: row["value"] for row in result["metrics"]}
+    assert result["kid_subset_size"] == 6 and values["kid_std"] > 1e-4
+    assert result["notes"][0].startswith("KID used subsets of 6 samples, not --kid-subset-size 1000")
+    assert "note: KID used subsets of 6 samples" in capsys.readouterr().out
+    assert json.loads(out.read_text())["kid_subset_size"] == 6

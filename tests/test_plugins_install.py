@@ -70,7 +70,7 @@ def test_example_plugin_installs_lists_trains_and_samples(install, tmp_path):
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
     run = next((tmp_path / "runs" / "gaussian_pixels").iterdir())
-    rows = (next(run.glob("lightning_logs/*/metrics.csv"))).read_text().splitlines()
+    rows = (next(run.rglob("metrics.csv"))).read_text().splitlines()
     header = rows[0].split(",")
     column = header.index("val/loss")
     val_losses = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]

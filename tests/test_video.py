@@ -35,7 +35,7 @@ from zoo.io.video import (
     save_gif,
     save_mp4,
 )
-from zoo.module import GenerativeModule
+from zoo.module import GenerativeModule, inference
 
 needs_pyav = pytest.mark.skipif(not pyav_available(), reason="PyAV (av) is not installed")
 without_pyav = pytest.mark.skipif(pyav_available(), reason="checks the error shown when PyAV is missing")
@@ -464,6 +464,7 @@ class MovingSquare(GenerativeModule):
         self.fps = fps
         self.scale = torch.nn.Parameter(torch.ones(()))
 
+    @inference
     def generate(self, n, *, condition=None, generator=None, frames: int = 4):
         s = self.hparams.image_size
         video = torch.zeros(n, frames, 3, s, s)
@@ -501,6 +502,7 @@ def test_sample_writes_a_gif_per_clip_and_a_frame_grid(tmp_path):
 class KeepsGivenFrames(MovingSquare):
     """Returns the clip it was given (`init`, 1 x T0 frames) followed by black frames."""
 
+    @inference
     def generate(self, n, *, condition=None, generator=None, frames: int = 4, init=None):
         s = self.hparams.image_size
         video = torch.zeros(n, frames, 3, s, s)
@@ -568,7 +570,9 @@ def test_sample_init_video_errors(tmp_path):
     with pytest.raises(SystemExit, match="broken.gif"):
         sample(["--ckpt", str(ckpt), "--num", "1", "--init-video", str(broken), *out])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="holds no PNG/JPEG frames"):
+    with pytest.raises(
+        SystemExit, match=r"holds no image frames \(.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff\)"
+    ):
         sample(["--ckpt", str(ckpt), "--num", "1", "--init-video", str(tmp_path / "empty"), *out])
     good = save_gif(torch.zeros(2, 3, 16, 16), tmp_path / "good.gif")
     with pytest.raises(SystemExit, match="not both"):

@@ -60,6 +60,31 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
+def family_of(checkpoint: dict[str, Any]) -> str | None:
+    """The registry name of the family that wrote `checkpoint`; None for a checkpoint not written by zoo."""
+    return (checkpoint.get("zoo") or {}).get("model")
+
+
+def require_family(
+    path: str | Path, expected: str, flag: str, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """The checkpoint at `path` when the family `expected` wrote it, else a one-line `CheckpointError` that
+    names the file, what it holds and what `flag` (the option that named the file) needs. A missing,
+    truncated or corrupt file is named too (`read_checkpoint`)."""
+    checkpoint = read_checkpoint(path, map_location)
+    found = family_of(checkpoint)
+    if found != expected:
+        meta = checkpoint.get("zoo") or {}
+        if found is not None:
+            holds = f"a checkpoint of the `{found}` family"
+        elif meta.get("class_path"):
+            holds = f"a zoo checkpoint of {meta['class_path']}"
+        else:
+            holds = "a Lightning checkpoint not written by zoo"
+        raise CheckpointError(f"{path} is {holds}; {flag} needs one of the `{expected}` family")
+    return checkpoint
+
+
 def model_class_of(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> type:
     """The family class that wrote `checkpoint`: by registry name, else by class path."""
     meta = checkpoint.get("zoo")
@@ -81,9 +106,19 @@ def model_class_of(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>"
     return getattr(module, attr)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Rebuild a family from its checkpoint alone, in eval mode."""
-    checkpoint = read_checkpoint(path, map_location)
+def load_model(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    family: str | None = None,
+    flag: str = "this option",
+) -> Any:
+    """Rebuild a family from its checkpoint alone, in eval mode. With `family`, the checkpoint must be of
+    that family (`require_family`; `flag` is the option that named the file, for the message)."""
+    if family is None:
+        checkpoint = read_checkpoint(path, map_location)
+    else:
+        checkpoint = require_family(path, family, flag, map_location)
     cls = model_class_of(checkpoint, path)
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}

@@ -18,6 +18,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from zoo.errors import DataError, MissingDataError
+
+__all__ = ["DataError", "MissingDataError", "ResumableDataLoader", "ResumableSampler", "ZooDataModule"]
+
 MODALITIES = ("image", "video", "audio", "text")
 
 
@@ -81,6 +85,11 @@ class ZooDataModule(L.LightningDataModule):
     `self.train_set`, `self.val_set` and `self.test_set` with datasets of batch dictionaries.
     Image datamodules expose `image_size` and `channels`; labelled ones `num_classes` and
     `class_names`.
+
+    Args:
+        batch_size: items per batch, per process under DDP.
+        num_workers: DataLoader worker processes; 0 loads in the main process.
+        seed: seed of the training order (a new permutation each epoch).
     """
 
     modality: ClassVar[str] = "image"

@@ -16,10 +16,13 @@ keeping `last.ckpt`, and `SampleGrid` writing sample grids to `<run>/samples/`.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import inspect
+import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from zoo import registry
+from zoo.cli import UsageError, usage_errors_reported
 
+PROG = "python -m zoo.fit"
 RUN_DIR_ENV = "ZOO_RUN_DIR"
 LOGGERS = {
     "wandb": "lightning.pytorch.loggers.WandbLogger",
@@ -44,14 +49,6 @@ LINKS = {
     "frames": "frames",
     "fps": "fps",
 }
-
-
-class UsageError(SystemExit):
-    """A command-line mistake: printed as `error: ...` and exit status 2, without a traceback."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(2)
-        self.message = message
 
 
 def default_config(model_name: str, model_class: type) -> Path | None:
@@ -103,99 +100,40 @@ def _run_dir_of_checkpoint(ckpt_path: str | None) -> Path | None:
 
 
 def _init_params(cls: type) -> set[str]:
-    try:
-        return set(inspect.signature(cls.__init__).parameters) - {"self"}
-    except (TypeError, ValueError):
-        return set()
-
-
-def _make_cli_class():  # noqa: ANN202 - imports Lightning lazily, so `--help` on a typo stays fast
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-
-    from zoo.callbacks import CheckpointOnException, MetricsCallback, SampleGrid
-
-    class ZooCLI(LightningCLI):
-        """LightningCLI with zoo's run folder, checkpointing and sample-grid defaults."""
-
-        model_name: str = ""
-        run_dir: Path | None = None
-
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
-            parser.add_lightning_class_args(SampleGrid, "samples")
-            # off unless --metrics.every_n_steps N (> 0): e.g. --metrics.every_n_steps 500 --metrics.metrics fid,kid
-            parser.add_lightning_class_args(MetricsCallback, "metrics")
-            model_params = _init_params(self.model_class)
-            data_params = _init_params(self.datamodule_class)
-            for source, target in LINKS.items():
-                if source in data_params and target in model_params:
-                    parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="parse")
-            # the number of classes is known once the datamodule exists (image_folder counts folders)
-            if "num_classes" in model_params and hasattr(self.datamodule_class, "num_classes"):
-                parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-            # a text model's vocabulary is its data's tokenizer's, known once the datamodule exists
-            if "vocab_size" in model_params and hasattr(self.datamodule_class, "vocab_size"):
-                parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
-
-        def before_instantiate_classes(self) -> None:
-            config = self.config[self.subcommand] if self.subcommand else self.config
-            root = config.trainer.default_root_dir
-            if root is None:
-                resumed = _run_dir_of_checkpoint(config.get("ckpt_path"))
-                root = os.environ.get(RUN_DIR_ENV) or resumed or self.run_dir or new_run_dir(self.model_name)
-                config.trainer.default_root_dir = str(root)
-            # DDP ranks started by the launcher inherit this, so all ranks share one run folder.
-            os.environ[RUN_DIR_ENV] = str(root)
-            if config.checkpoint.dirpath is None:
-                config.checkpoint.dirpath = str(Path(root) / "checkpoints")
-            logger = config.trainer.logger
-            if hasattr(logger, "init_args"):
-                init_args = logger.init_args
-                if getattr(init_args, "save_dir", None) in (None, ".", "", "runs"):
-                    init_args.save_dir = str(root)
-                if "Wandb" in logger.class_path:
-                    if getattr(init_args, "name", None) is None:
-                        init_args.name = f"{self.model_name}/{Path(root).name}"
-                    if not os.environ.get("WANDB_API_KEY"):
-                        init_args.offline = True
-
-        def before_fit(self) -> None:
-            # A family may need work before its training proper: `ldm` trains its tokenizer and its first
-            # stage here (with their own progress bars), in the run folder, unless the run resumes.
-            prepare = getattr(self.model, "prepare_fit", None)
-            if callable(prepare):
-                config = self.config[self.subcommand] if self.subcommand else self.config
-                prepare(self.trainer, self.datamodule, ckpt_path=config.get("ckpt_path"))
-
-        def instantiate_trainer(self, **kwargs: Any) -> Any:
-            # Keep the weights of a run that fails (a NaN loss, Ctrl-C): <run>/checkpoints/on_exception.ckpt
-            config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-            configured = config.trainer.get("callbacks") or []
-            configured = [configured] if isinstance(configured, L.Callback) else list(configured)
-            kwargs["callbacks"] = [
-                CheckpointOnException(config.checkpoint.dirpath),
-                *configured,
-                *kwargs.get("callbacks", []),
-            ]
-            return super().instantiate_trainer(**kwargs)
-
-    return ZooCLI
+    """The keyword arguments `cls(...)` takes, following `**kwargs` up to the base classes' `__init__`."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            params = inspect.signature(klass.__init__).parameters
+        except (TypeError, ValueError):
+            break
+        names |= {
+            n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return names
 
 
 def _pre_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m zoo.fit", add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
     parser.add_argument("--model", help="a model family's registry name (python -m zoo.list)")
     parser.add_argument("--data", help="a datamodule's registry name; default: the family's own")
+    parser.add_argument(
+        "--recipe", help="a shipped recipe, configs/<model>/<recipe>.yaml, read after default.yaml"
+    )
     parser.add_argument(
         "--logger", choices=[*LOGGERS, "none"], help="logger (default wandb, offline without WANDB_API_KEY)"
     )
     parser.add_argument(
-        "--recipe", help="a shipped recipe, configs/<model>/<recipe>.yaml, read after default.yaml"
+        "--traceback", action="store_true", help="on a data error, print the full traceback too"
     )
-    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("-h", "--help", action="store_true", help="zoo's flags and the family's arguments")
+    parser.add_argument(
+        "--help-all", action="store_true", help="every flag, Lightning's included (LightningCLI's help)"
+    )
     return parser
 
 
@@ -228,75 +166,164 @@ def _scoped_env(name: str) -> Iterator[None]:
             os.environ[name] = before
 
 
+def _recipe_for_data(recipe: Path, data_name: str, data_class: type) -> Path:
+    """The recipe, less the `data:` keys the chosen datamodule does not take (a note names them).
+
+    A recipe is written for its family's own data (`hifigan` sets `data.num_train` for `tones`);
+    with `--data audio_folder` those keys would make LightningCLI refuse the whole command.
+    """
+    import yaml
+
+    config = yaml.safe_load(recipe.read_text()) or {}
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return recipe
+    accepted = _init_params(data_class)
+    dropped = sorted(k for k in data if k not in accepted)
+    if not dropped:
+        return recipe
+    config["data"] = {k: v for k, v in data.items() if k in accepted}
+    if _is_rank_zero():
+        print(
+            f"note: recipe {recipe.parent.name}/{recipe.name} sets {', '.join('data.' + k for k in dropped)}, "
+            f"which --data {data_name} does not take; left out",
+            file=sys.stderr,
+        )
+    handle, name = tempfile.mkstemp(prefix=f"zoo-{recipe.parent.name}-{recipe.stem}-", suffix=".yaml")
+    with os.fdopen(handle, "w") as file:
+        yaml.safe_dump(config, file)
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))
+    return Path(name)
+
+
+def _is_rank_zero() -> bool:
+    """True outside DDP and on rank 0 (from the launcher's environment, before any process group)."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _files_first(args: list[str]) -> list[str]:
+    """`--config FILE` arguments ahead of every other flag: jsonargparse applies arguments in order, and
+    a flag typed on the command line must win over a file wherever the two stand."""
+    files: list[str] = []
+    flags: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] in ("--config", "-c") and i + 1 < len(args):
+            files += args[i : i + 2]
+            i += 2
+            continue
+        (files if args[i].startswith("--config=") else flags).append(args[i])
+        i += 1
+    return files + flags
+
+
+def _logger_config(logger: str) -> Any:
+    """`--logger NAME` as the value of `trainer.logger` (save_dir "runs" is filled in with the run folder)."""
+    if logger == "none":
+        return False
+    init_args: dict[str, Any] = {"save_dir": "runs"}
+    if logger == "wandb":
+        init_args.update(project="zoo", offline=not os.environ.get("WANDB_API_KEY"))
+    return {"class_path": LOGGERS[logger], "init_args": init_args}
+
+
+def _family_and_data(known: argparse.Namespace) -> tuple[type, str, type]:
+    if known.model is None:
+        raise UsageError(
+            "--model NAME is required. Installed families: "
+            f"{', '.join(registry.list_models()) or '(none)'}; `python -m zoo.list` describes them."
+        )
+    try:
+        model_class = registry.get_model_class(known.model)
+        data_name = known.data or getattr(model_class, "default_data", None)
+        if not data_name:
+            raise UsageError(f"model '{known.model}' names no default datamodule: pass --data NAME")
+        data_class = registry.get_datamodule_class(data_name)
+    except registry.RegistryError as err:
+        raise UsageError(str(err)) from err
+    check_modality(known.model, model_class, data_name, data_class)
+    return model_class, data_name, data_class
+
+
+def _recipe_files(
+    known: argparse.Namespace, model_class: type, data_name: str, data_class: type
+) -> list[str]:
+    extra = recipe_config(known.model, known.recipe) if known.recipe and known.recipe != "default" else None
+    files = [p for p in (default_config(known.model, model_class), extra) if p is not None]
+    return [str(_recipe_for_data(p, data_name, data_class)) for p in files]
+
+
 def main(argv: Sequence[str] | None = None, *, run: bool = True) -> Any:
     """Entry point of `python -m zoo.fit`; returns the LightningCLI object (for tests and notebooks)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     known, rest = _pre_parser().parse_known_args(argv)
-    try:
-        if known.model is None:
-            if known.help:
-                _pre_parser().print_help()
-                print("\nWith --model NAME, --help lists every flag of that family and its datamodule.")
-                return None
-            raise UsageError(
-                "--model NAME is required. Installed families: "
-                f"{', '.join(registry.list_models()) or '(none)'}; `python -m zoo.list` describes them."
-            )
-        try:
-            model_class = registry.get_model_class(known.model)
-            data_name = known.data or getattr(model_class, "default_data", None)
-            if not data_name:
-                raise UsageError(f"model '{known.model}' names no default datamodule: pass --data NAME")
-            data_class = registry.get_datamodule_class(data_name)
-        except registry.RegistryError as err:
-            raise UsageError(str(err)) from err
-        check_modality(known.model, model_class, data_name, data_class)
-        extra_recipe = (
-            recipe_config(known.model, known.recipe) if known.recipe and known.recipe != "default" else None
-        )
-    except UsageError as err:
-        print(f"python -m zoo.fit: error: {err.message}", file=sys.stderr)
-        raise
+    with usage_errors_reported(PROG):
+        if known.model is None and known.help:
+            _pre_parser().print_help()
+            print("\nWith --model NAME, --help lists the arguments of that family and its datamodule.")
+            return None
+        model_class, data_name, data_class = _family_and_data(known)
+        config_files = _recipe_files(known, model_class, data_name, data_class)
+        if known.help:
+            from zoo.fit_help import print_family_help
 
-    if known.help:
-        rest.append("--help")
-    trainer_defaults: dict[str, Any] = {}
-    logger = known.logger or "wandb"
-    # save_dir "runs" is a placeholder: before_instantiate_classes puts the run folder there
-    trainer_defaults["logger"] = (
-        False if logger == "none" else {"class_path": LOGGERS[logger], "init_args": {"save_dir": "runs"}}
-    )
-    if logger == "wandb":
-        trainer_defaults["logger"]["init_args"].update(
-            project="zoo", offline=not os.environ.get("WANDB_API_KEY")
-        )
+            print_family_help(known.model, model_class, data_name, data_class, config_files, _pre_parser())
+            return None
+        args = _files_first(rest)
+        if known.logger:  # after every file, so the flag wins over a config file's logger
+            args += ["--trainer.logger", json.dumps(_logger_config(known.logger))]
+        if known.help_all:
+            args.append("--help")
+        return _run_cli(known, model_class, data_class, config_files, args, run=run)
 
-    parser_kwargs: dict[str, Any] = {"prog": f"python -m zoo.fit --model {known.model}"}
-    recipe = default_config(known.model, model_class)
-    config_files = [str(p) for p in (recipe, extra_recipe) if p is not None]
+
+def _run_cli(
+    known: argparse.Namespace,
+    model_class: type,
+    data_class: type,
+    config_files: list[str],
+    args: list[str],
+    *,
+    run: bool,
+) -> Any:
+    from zoo.data import DataError
+
+    prog = f"{PROG} --model {known.model}"
+    # exit_on_error=False: ZooCLI.parse_arguments turns a parse error into one line with close matches
+    parser_kwargs: dict[str, Any] = {"prog": prog, "exit_on_error": False, "allow_abbrev": False}
     if config_files:
         parser_kwargs["default_config_files"] = config_files
+    from zoo.lightning_cli import SaveConfigToRunFolder, ZooCLI
 
-    cli_class = _make_cli_class()
-    cli_class.model_name = known.model
+    cli_class = type("ZooCLI", (ZooCLI,), {"model_name": known.model})
     with _scoped_env(RUN_DIR_ENV), warnings.catch_warnings():
         # zoo passes LightningCLI the command line minus --model/--data on purpose
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        cli = cli_class(
-            model_class,
-            data_class,
-            args=["fit", *rest] if run else rest,
-            run=run,
-            seed_everything_default=0,
-            trainer_defaults=trainer_defaults,
-            parser_kwargs={"prog": parser_kwargs["prog"], "fit": parser_kwargs} if run else parser_kwargs,
-            save_config_kwargs={"overwrite": True},
-        )
-    return cli
+        try:
+            return cli_class(
+                model_class,
+                data_class,
+                args=["fit", *args] if run else args,
+                run=run,
+                seed_everything_default=0,
+                trainer_defaults={"logger": _logger_config("wandb")},
+                parser_kwargs={
+                    "prog": prog,
+                    "exit_on_error": False,
+                    "allow_abbrev": False,
+                    "fit": parser_kwargs,
+                }
+                if run
+                else parser_kwargs,
+                save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+                save_config_callback=SaveConfigToRunFolder,
+            )
+        except DataError as err:
+            if known.traceback:
+                raise
+            print(f"{PROG}: data error: {err}\n(--traceback shows where it was raised)", file=sys.stderr)
+            raise SystemExit(1) from err
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UsageError as err:
-        sys.exit(err.code)
+    main()

@@ -4,8 +4,8 @@ A family is a LightningModule with:
 - class attributes `modality` ("image" | "video" | "audio" | "text") and `default_data`, the
   registry name of the datamodule `python -m zoo.fit --model NAME` uses when no `--data` is given;
 - `generate(n, *, condition=None, generator=None, **sampling)`, returning images/video as floats in
-  [0, 1], audio in [-1, 1] and text as `list[str]`. It runs under `torch.no_grad()` and in eval mode
-  (the base class wraps every override), so callers need not remember either;
+  [0, 1], audio in [-1, 1] and text as `list[str]`, decorated with `@inference` (no gradients, eval
+  mode, the previous modes restored), so callers need not remember either;
 - `self.save_hyperparameters()` in `__init__`, so `load_from_checkpoint(path)` rebuilds it;
 - `train/loss` (and its parts under `train/`), `val/loss` and other `val/*` values logged.
 
@@ -16,36 +16,53 @@ on a non-finite loss, and offers `previews()` to the sample-logging callback.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import random
-from typing import Any, ClassVar, TypeVar
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 import lightning as L
 import numpy as np
 import torch
+from torch import nn
 
 from zoo import registry
 
 T = TypeVar("T")
+M = TypeVar("M", bound=nn.Module)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised before backward when a training loss is NaN or infinite."""
 
 
-def _no_grad_eval(generate):  # noqa: ANN001, ANN202 - decorator over any generate signature
-    @functools.wraps(generate)
-    def wrapper(self: GenerativeModule, *args: Any, **kwargs: Any) -> Any:
-        was_training = self.training
+class UndecoratedGenerateWarning(UserWarning):
+    """A family's `generate` without `@inference`: zoo wraps it anyway, and asks for the decorator."""
+
+
+def inference(method: Callable[Concatenate[M, P], R]) -> Callable[Concatenate[M, P], R]:
+    """Decorate a module method that draws samples (`generate`, previews, scoring) to run under
+    `torch.no_grad()` and in eval mode (no dropout, batch-norm running statistics), restoring afterwards,
+    also when it raises, the mode each submodule had: a training module keeps training, and a frozen
+    submodule held in eval mode inside it stays there."""
+
+    @functools.wraps(method)
+    def run_for_inference(self: M, *args: P.args, **kwargs: P.kwargs) -> R:
+        modes = [(module, module.training) for module in self.modules()]
         self.eval()
         try:
             with torch.no_grad():
-                return generate(self, *args, **kwargs)
+                return method(self, *args, **kwargs)
         finally:
-            self.train(was_training)
+            for module, training in modes:
+                module.training = training
 
-    wrapper.__zoo_wrapped__ = True  # type: ignore[attr-defined]
-    return wrapper
+    run_for_inference.__zoo_inference__ = True  # type: ignore[attr-defined]
+    return run_for_inference
 
 
 def _rng_states() -> dict[str, Any]:
@@ -77,16 +94,16 @@ def build_module(cls: type[T], /, **kwargs: Any) -> T:
     outer module's: `save_hyperparameters()` collects the arguments of every `__init__` up the call
     stack (meant for subclasses calling `super().__init__`; this function's frame ends that chain),
     and LightningCLI passes the values it parsed through a context variable that stays set for the
-    whole `__init__` of the module it instantiates (reset here)."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # a Lightning without the mechanism needs no workaround
-        return cls(**kwargs)
-    token = _given_hyperparameters.set(None)
-    try:
-        return cls(**kwargs)
-    finally:
-        _given_hyperparameters.reset(token)
+    whole `__init__` of the module it instantiates. Lightning has no public way to clear that variable,
+    so `cls` is built in a fresh `contextvars.Context`, where no context variable is set."""
+    return contextvars.Context().run(cls, **kwargs)
+
+
+def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
+    """The Trainer `module` is attached to, or None (a module built or loaded by hand). Lightning's
+    public `module.trainer` raises when there is none and nothing public asks, so this reads the
+    attribute that property guards."""
+    return module._trainer
 
 
 def adamw_with_warmup(
@@ -107,10 +124,19 @@ class GenerativeModule(L.LightningModule):
     default_data: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A safety net for plugins written before `@inference` was public (generate was wrapped for
+        # them): wrap an undecorated generate, so it cannot build graphs or sample with dropout on,
+        # and say once, where the class is defined, that the decorator belongs on it.
         super().__init_subclass__(**kwargs)
         generate = cls.__dict__.get("generate")
-        if generate is not None and not getattr(generate, "__zoo_wrapped__", False):
-            cls.generate = _no_grad_eval(generate)  # type: ignore[method-assign]
+        if generate is not None and not getattr(generate, "__zoo_inference__", False):
+            warnings.warn(
+                f"{cls.__module__}.{cls.__qualname__}.generate is not decorated with @zoo.module.inference; "
+                "zoo runs it under torch.no_grad() in eval mode anyway. Put @inference on the line above it.",
+                UndecoratedGenerateWarning,
+                stacklevel=2,
+            )
+            cls.generate = inference(generate)  # type: ignore[method-assign]
 
     def generate(
         self,
@@ -158,7 +184,7 @@ class GenerativeModule(L.LightningModule):
         }
         # the datamodule's registry name, so zoo.evaluate can rebuild the real data from
         # checkpoint["datamodule_hyper_parameters"]
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         if datamodule is not None:
             checkpoint["zoo"]["data"] = registry.name_of(type(datamodule), registry.DATAMODULE_GROUP)
             checkpoint["zoo"]["data_class_path"] = (
@@ -168,5 +194,5 @@ class GenerativeModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Restoring the generators makes a resumed run draw the same noise as an uninterrupted one.
-        if "rng_states" in checkpoint and self._trainer is not None:
+        if "rng_states" in checkpoint and attached_trainer(self) is not None:
             _set_rng_states(checkpoint["rng_states"])

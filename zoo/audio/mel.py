@@ -18,6 +18,7 @@ numpy STFT and a filterbank built from the Slaney formulas.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -142,13 +143,17 @@ def griffin_lim(
         fe.n_fft // 2 + 1, fe.n_mels, fe.sample_rate, fe.f_min, fe.f_max,
         norm="slaney", mel_scale="slaney", driver="gelsd",
     ).to(mel.device, mel.dtype)  # fmt: skip
-    magnitude = inverse_mel(mel.exp()).clamp_min(0.0)
     frames = mel.shape[-1]
+    # torchaudio's inverse STFT reflect-pads by n_fft / 2 and fails on shorter signals (a word of two
+    # frames): pad with silent frames, cut back to frames * hop below
+    short = max(0, fe.n_fft // fe.hop_length + 2 - frames)
+    mel = F.pad(mel, (0, short), value=math.log(LOG_FLOOR))
+    magnitude = inverse_mel(mel.exp()).clamp_min(0.0)
     transform = torchaudio.transforms.GriffinLim(
         n_fft=fe.n_fft, n_iter=n_iter, win_length=fe.win_length, hop_length=fe.hop_length, power=1.0,
-        momentum=momentum, length=(frames - 1) * fe.hop_length, rand_init=False,
+        momentum=momentum, length=(frames + short - 1) * fe.hop_length, rand_init=False,
     ).to(mel.device, mel.dtype)  # fmt: skip
     audio = transform(magnitude)
     shift = fe.hop_length // 2
-    audio = F.pad(audio, (shift, fe.hop_length - shift))
+    audio = F.pad(audio, (shift, fe.hop_length - shift))[..., : frames * fe.hop_length]
     return audio.clamp(-1.0, 1.0)

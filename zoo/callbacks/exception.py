@@ -25,11 +25,19 @@ class CheckpointOnException(L.Callback):
     ) -> None:
         if trainer.global_rank != 0 or trainer.state.fn != "fit":
             return
+        if (
+            trainer.global_step == 0
+        ):  # nothing trained yet (a data error, a loss that is NaN at once): nothing to keep
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if trainer.world_size == 1:
                 trainer.save_checkpoint(self.path)
             else:
+                # Lightning has no public way to build a checkpoint without `Trainer.save_checkpoint`,
+                # which ends in a barrier (and lets sharding strategies gather): with the other ranks
+                # not raising, they never reach it and this rank would hang. So the private builder,
+                # written by this rank alone (DDP replicates the weights, so its copy is complete).
                 checkpoint = trainer._checkpoint_connector.dump_checkpoint()
                 trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.path)
             rank_zero_warn(f"training stopped by {type(exception).__name__}; checkpoint kept at {self.path}")

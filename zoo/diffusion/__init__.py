@@ -3,8 +3,13 @@ as plain functions over a denoiser callable `denoiser(x_t, t) -> raw network out
 and samplers apart, as in diffusers and k-diffusion)."""
 
 from zoo.diffusion.editing import outpaint_canvas
-from zoo.diffusion.generate import check_options, sample
-from zoo.diffusion.guidance import classifier_free_guidance, drop_condition, rescale_guidance
+from zoo.diffusion.generate import check_options, sample, sampling_options
+from zoo.diffusion.guidance import (
+    classifier_free_guidance,
+    drop_condition,
+    guided_denoiser,
+    rescale_guidance,
+)
 from zoo.diffusion.parameterization import (
     convert_prediction,
     predict_eps,
@@ -48,6 +53,7 @@ __all__ = [
     "elbo_terms",
     "euler",
     "euler_ancestral",
+    "guided_denoiser",
     "heun",
     "linear_betas",
     "min_snr_weight",
@@ -61,6 +67,7 @@ __all__ = [
     "rescale_zero_terminal_snr",
     "shift_snr",
     "sample",
+    "sampling_options",
     "scaled_linear_betas",
     "score_from_eps",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,7 +12,7 @@ from zoo.diffusion.parameterization import Prediction
 from zoo.diffusion.samplers import SAMPLERS, randn
 from zoo.diffusion.schedule import NoiseSchedule
 
-__all__ = ["check_options", "sample"]
+__all__ = ["check_options", "sample", "sampling_options"]
 
 
 def check_options(*, prediction: str | None = None, sampler: str | None = None) -> None:
@@ -23,6 +24,37 @@ def check_options(*, prediction: str | None = None, sampler: str | None = None) 
         raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def sampling_options(
+    defaults: Mapping[str, Any],
+    schedule: NoiseSchedule,
+    device: str | torch.device,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The arguments of `sample` that a diffusion family passes on every call: its `schedule`, its
+    `prediction` type, `sampler` and step count (the family's hyper-parameters `defaults`, `sampler` and
+    `sampling_steps`, unless given), and the call's generator, eta, device and progress flag."""
+    sampler = defaults["sampler"] if sampler is None else sampler
+    check_options(sampler=sampler)
+    steps = defaults["sampling_steps"] if steps is None else steps
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a whole number of at least 1, got {steps}")
+    return {
+        "schedule": schedule,
+        "sampler": sampler,
+        "steps": int(steps),
+        "prediction": defaults["prediction"],
+        "generator": generator,
+        "device": device,
+        "eta": eta,
+        "progress": progress,
+    }
 
 
 def sample(

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["classifier_free_guidance", "drop_condition", "rescale_guidance"]
+__all__ = ["classifier_free_guidance", "drop_condition", "guided_denoiser", "rescale_guidance"]
 
 
 def _batch(c: Any, n: int) -> Any:
@@ -63,6 +63,22 @@ def classifier_free_guidance(
         return rescale_guidance(guided, cond_out, rescale) if rescale > 0 else guided
 
     return denoiser
+
+
+def guided_denoiser(
+    model_fn: Callable[[Tensor, Tensor, Any], Tensor],
+    cond: Any,
+    uncond: Any | None,
+    scale: float,
+    rescale: float = 0.0,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The denoiser(x_t, t) a conditional family samples with, over its network `model_fn(x_t, t, condition)`:
+    `classifier_free_guidance` for `scale` != 1, else the conditional model alone, one call per step (at
+    scale 1, uncond_out + 1 (cond_out - uncond_out) is cond_out). `uncond` None (an unconditional model, or
+    no condition given) also means the one call, with `cond` as it is (None too, then)."""
+    if uncond is None or scale == 1.0:
+        return lambda x, t: model_fn(x, t, cond)
+    return classifier_free_guidance(model_fn, cond, uncond, scale, rescale)
 
 
 def drop_condition(

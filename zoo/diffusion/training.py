@@ -134,7 +134,8 @@ def denoising_loss(
 
     `high_noise_fraction` of the timesteps are instead drawn from the top of the schedule,
     [high_noise_start * T, T): more training where the conditioning decides the sample's layout (for video,
-    its motion); see docs/families/video_diffusion.md. 0 keeps the draws exactly as before."""
+    its motion); see docs/families/video_diffusion.md. At 0 every timestep is uniform and nothing more is
+    drawn from `generator`, so runs without it keep their random streams."""
     t = torch.randint(0, num_train_timesteps, (len(x0),), device=x0.device, generator=generator)
     if high_noise_fraction != 0:
         if not 0 < high_noise_fraction <= 1 or not 0 <= high_noise_start < 1:

@@ -12,10 +12,17 @@ decoded exactly like the same prompt alone.
 
 Outputs are the prompt followed by the generated ids (B, T_prompt + T_new); a row that stopped
 early is filled with `pad_id` after its last token, as `transformers` does.
+
+`context_length` (a model's `block_size`) lets decoding go on past what the model was trained to
+see, as nanoGPT's `generate` does: once the sequence is longer, each step runs the model on the last
+`context_length` tokens only, at positions 0, 1, ... within that window, with no cache (shifting the
+window moves every position, so cached keys and values no longer apply). A warning says so once per
+call. Without it, the model gets every position and must handle them itself.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,26 +56,55 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Stepper:
-    """Feeds a model the whole prefix once, then one token a step (with a cache) or everything again."""
+    """Feeds a model the whole prefix once, then one token a step (with a cache) or everything again;
+    past `context_length` tokens, the last `context_length` of them each step (a sliding window)."""
 
     def __init__(
-        self, model: Model, ids: torch.Tensor, mask: torch.Tensor, max_length: int, use_cache: bool
+        self,
+        model: Model,
+        mask: torch.Tensor,
+        max_length: int,
+        use_cache: bool,
+        context_length: int | None = None,
     ) -> None:
-        self.model, self.use_cache = model, use_cache
-        self.cache = KVCache(max_length) if use_cache else None
+        if context_length is not None and context_length < 1:
+            raise ValueError(f"context_length must be at least 1, got {context_length}")
+        self.model, self.use_cache, self.context_length = model, use_cache, context_length
+        # the cache never holds more than the context: beyond it, the window runs without one
+        cache_length = max_length if context_length is None else min(max_length, context_length)
+        self.cache = KVCache(cache_length) if use_cache else None
         self.positions = positions_from_mask(mask)
         self.fed = 0  # positions already in the cache
+        self.windowed = False
 
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.context_length is not None and ids.shape[1] > self.context_length:
+            return self._window_logits(ids, mask)
         if ids.shape[1] > self.positions.shape[1]:  # positions of the tokens appended since
             extra = ids.shape[1] - self.positions.shape[1]
             last = self.positions[:, -1:]
-            self.positions = torch.cat([self.positions, last + torch.arange(1, extra + 1)], dim=1)
+            steps = torch.arange(1, extra + 1, device=last.device)
+            self.positions = torch.cat([self.positions, last + steps], dim=1)
         start = self.fed if self.use_cache else 0
         out = self.model(
             ids[:, start:], cache=self.cache, position_ids=self.positions[:, start:], attention_mask=mask
         )
         self.fed = ids.shape[1]
+        return out[:, -1].float()
+
+    def _window_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """nanoGPT's step past the context: the model on the last `context_length` tokens alone."""
+        window = int(self.context_length)  # type: ignore[arg-type]
+        if not self.windowed:
+            warnings.warn(
+                f"the text is now longer than the model's context of {window} tokens: each further token is "
+                f"predicted from the last {window} tokens only (a sliding window, as nanoGPT's generate), "
+                "re-reading the window every step",
+                stacklevel=3,
+            )
+            self.windowed, self.cache = True, None  # every position moves with the window: no cache applies
+        ids, mask = ids[:, -window:], mask[:, -window:]
+        out = self.model(ids, cache=None, position_ids=positions_from_mask(mask), attention_mask=mask)
         return out[:, -1].float()
 
     def reorder(self, rows: torch.Tensor) -> None:
@@ -92,13 +128,15 @@ def sample(
     min_prob: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    context_length: int | None = None,
 ) -> torch.Tensor:
     """Greedy decoding (`do_sample=False`) or ancestral sampling from the processed distribution.
 
     A row stops at an EOS token (kept), at `max_new_tokens`, when its generated text contains one of
     `stop_strings` (needs `decode`; the caller cuts the text at the stop string), or when the chosen
     token's probability under the processed distribution falls below `min_prob` (that token is
-    dropped). Generation ends when every row has stopped.
+    dropped). Generation ends when every row has stopped. Past `context_length` tokens the model sees
+    a sliding window of the last `context_length` (see the module docstring).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -106,7 +144,7 @@ def sample(
         raise ValueError("stop_strings need a decode function (token ids -> text)")
     mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
     prompt_length = ids.shape[1]
-    stepper = _Stepper(model, ids, mask, prompt_length + max_new_tokens, use_cache)
+    stepper = _Stepper(model, mask, prompt_length + max_new_tokens, use_cache, context_length)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=ids.device)
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
@@ -148,6 +186,7 @@ def beam_search(
     early_stopping: bool | str = False,
     num_return_sequences: int = 1,
     use_cache: bool = True,
+    context_length: int | None = None,
 ) -> torch.Tensor:
     """Beam search with length normalisation: a finished hypothesis scores sum(log p) / length**alpha
     (length counts generated tokens, alpha = `length_penalty`).
@@ -158,7 +197,8 @@ def beam_search(
     improved: with `early_stopping=True` as soon as `num_beams` hypotheses are finished; with False
     when the best running beam, scored at its current length, cannot beat the worst finished one;
     with "never" at its best possible length. This is the procedure of `transformers` (4.50+), so
-    the two give the same sequences. Returns (B * num_return_sequences, T) ids, best first.
+    the two give the same sequences. Returns (B * num_return_sequences, T) ids, best first. Past
+    `context_length` tokens every beam is scored on its last `context_length` (a sliding window).
     """
     if num_beams < 1 or not 1 <= num_return_sequences <= num_beams:
         raise ValueError(
@@ -171,7 +211,7 @@ def beam_search(
     max_length = prompt_length + max_new_tokens
     device = ids.device
     flat_mask = mask.repeat_interleave(num_beams, dim=0)
-    stepper = _Stepper(model, ids.repeat_interleave(num_beams, dim=0), flat_mask, max_length, use_cache)
+    stepper = _Stepper(model, flat_mask, max_length, use_cache, context_length)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     keep = max(2, 1 + len(eos)) * num_beams
     top_beams = torch.arange(keep, device=device) < num_beams
@@ -251,7 +291,9 @@ def beam_search(
     return out[:, : prompt_length + longest]
 
 
-BEAM_OPTIONS = ("eos_ids", "pad_id", "length_penalty", "early_stopping", "num_return_sequences", "use_cache")
+BEAM_OPTIONS = (
+    "eos_ids", "pad_id", "length_penalty", "early_stopping", "num_return_sequences", "use_cache", "context_length",
+)  # fmt: skip
 
 
 def generate(

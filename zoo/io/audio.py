@@ -16,8 +16,10 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from zoo.errors import DataError
 
-class AudioFileError(ValueError):
+
+class AudioFileError(DataError):
     """An audio file that cannot be read or holds unusable audio; the message names the file."""
 
 

@@ -1,12 +1,33 @@
-"""Image writers: PNG files and grids from float tensors in [0, 1]."""
+"""Image files: PNG files and grids from float tensors in [0, 1], the image file types zoo reads
+(`IMAGE_EXTENSIONS`, for `image_folder`, `zoo.evaluate` folders and video frame folders alike), and
+loading one image for editing."""
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid, save_image
+
+# What PIL reads and zoo accepts as an image file, lower case (suffixes compare case-insensitively).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def is_image_file(path: str | Path) -> bool:
+    """An image by its suffix (any case), not a hidden file."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def find_image_files(folder: str | Path) -> list[Path]:
+    """Image files under `folder` at any depth, sorted, skipping hidden files and folders."""
+    found = []
+    for directory, subdirs, files in os.walk(folder):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        found.extend(Path(directory, name) for name in files if is_image_file(name))
+    return sorted(found)
 
 
 def _check_images(images: torch.Tensor) -> torch.Tensor:
@@ -29,6 +50,14 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(image_grid(images, nrow), path)
+    return path
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """Write one image (C, H, W) in [0, 1] to exactly `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(_check_images(image[None])[0], path)
     return path
 
 

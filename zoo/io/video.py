@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.errors import DataError
 from zoo.io.images import save_grid
 
 # Written into the GIF's comment block, so `load_gif` knows a frame's nominal duration exactly even when
@@ -25,7 +26,7 @@ from zoo.io.images import save_grid
 _FPS_COMMENT = "zoo fps="
 
 
-class VideoFileError(ValueError):
+class VideoFileError(DataError):
     """A video file that cannot be written or read; the message names the file."""
 
 

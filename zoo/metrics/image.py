@@ -85,6 +85,18 @@ def frechet_distance(real: Tensor, fake: Tensor) -> float:
     return float(metric.compute())
 
 
+def kid_subset_size(requested: int, num_real: int, num_fake: int, subsets: int = 100) -> int:
+    """The subset size KID uses: `requested` when it is smaller than both sets, else half the smaller
+    set (at least 2). Subsets are drawn without replacement, so a subset as large as its set is the
+    whole set every time: every subset would give the same value and `kid_std` would be 0 (1e-16).
+    Each subset's MMD^2 is unbiased at any size, so the mean keeps its expectation. One subset
+    (`subsets=1`) may hold every sample: that is the unbiased MMD^2 of the whole sets."""
+    smaller = min(num_real, num_fake)
+    if subsets == 1:
+        return min(requested, smaller)
+    return requested if requested < smaller else max(2, smaller // 2)
+
+
 def kernel_distance(
     real: Tensor,
     fake: Tensor,
@@ -97,10 +109,10 @@ def kernel_distance(
     seed: int = 0,
 ) -> tuple[float, float]:
     """KID: the unbiased MMD^2 with the kernel k(x, y) = (gamma x.y + coef)^degree (gamma = 1/D by
-    default), averaged over `subsets` random subsets of `subset_size` (clipped to the smaller set).
-    Returns (mean, std) over subsets (torchmetrics' KernelInceptionDistance)."""
+    default), averaged over `subsets` random subsets of `subset_size` (see `kid_subset_size` for a size
+    not smaller than the sets). Returns (mean, std) over subsets (torchmetrics' KernelInceptionDistance)."""
     _check_features(real, fake)
-    subset_size = min(subset_size, len(real), len(fake))
+    subset_size = kid_subset_size(subset_size, len(real), len(fake), subsets)
     with _quiet():
         metric = KernelInceptionDistance(
             feature=FeatureIdentity(real.shape[1]), subsets=subsets, subset_size=subset_size,

@@ -22,6 +22,9 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from zoo.errors import DataError
+from zoo.nn.layers import masked_mean
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 
 
@@ -29,12 +32,21 @@ class CaptionTokenizer:
     """Byte-level BPE over captions; `<pad>` is id 0, and every encoding is `<bos> ... <eos>`."""
 
     def __init__(self, tokenizer: Any) -> None:
+        from tokenizers.processors import TemplateProcessing
+
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.token_to_id(PAD)
         self.bos_id = tokenizer.token_to_id(BOS)
         self.eos_id = tokenizer.token_to_id(EOS)
         if (self.pad_id, self.bos_id, self.eos_id) != (0, 1, 2):
             raise ValueError("not a zoo caption tokenizer: <pad>, <bos>, <eos> must be ids 0, 1, 2")
+        # Set on every load, not only at training: tokenizers saved in older checkpoints have no
+        # post-processor (the markers were added by hand then) and must encode the same way.
+        tokenizer.post_processor = TemplateProcessing(
+            single=f"{BOS} $A {EOS}", special_tokens=[(BOS, self.bos_id), (EOS, self.eos_id)]
+        )
+        # a caption that spells "<pad>" or "<eos>" is text, not a marker (the mask would hide it)
+        tokenizer.encode_special_tokens = True
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1024) -> CaptionTokenizer:
@@ -43,9 +55,10 @@ class CaptionTokenizer:
 
         corpus = sorted({t for t in texts if isinstance(t, str)})
         if not corpus:
-            raise ValueError(
+            raise DataError(
                 "no captions to train the tokenizer on: a text-conditioned family needs a datamodule "
-                "whose batches have a 'caption' key (shapes, digits, or image_folder with a captions file)"
+                "whose batches have a 'caption' key (images: shapes, digits, or image_folder with a captions "
+                "file; video: moving_shapes, moving_digits, or video_folder with a captions file)"
             )
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -79,13 +92,17 @@ class CaptionTokenizer:
     def __call__(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (B, max_length) and a mask (B, max_length), True at real tokens. Longer texts are
         truncated (the `<eos>` is kept), shorter ones padded with `<pad>`."""
+        if max_length < 2:
+            raise ValueError(f"max_length {max_length} leaves no room for <bos> and <eos>")
         if isinstance(texts, str):
             texts = [texts]
-        ids = torch.full((len(texts), max_length), self.pad_id, dtype=torch.long)
-        for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
-            tokens = [self.bos_id, *encoding.ids[: max_length - 2], self.eos_id]
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-        return ids, ids != self.pad_id
+        # truncation counts the post-processor's <bos> and <eos>, so the text keeps max_length - 2 tokens
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding(length=max_length, pad_id=self.pad_id, pad_token=PAD)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long).reshape(len(texts), max_length)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).reshape(ids.shape)
+        return ids, mask
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i > 2])
@@ -120,9 +137,7 @@ class TextEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, attn_mask=attn_mask)
         states = self.norm(x)
-        weights = mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return states, pooled
+        return states, masked_mean(states, mask.unsqueeze(-1), dim=1)
 
 
 def dataset_captions(dataset: Any, limit: int | None = None) -> list[str]:

@@ -16,39 +16,21 @@ the timestep embedding (as Imagen and SDXL add a pooled text embedding).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, [cos | sin] as in diffusers' flip_sin_to_cos."""
-    half = dim // 2
-    frequencies = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
-    )
-    angles = t.float()[:, None] * frequencies[None]
-    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    return F.pad(embedding, (0, dim % 2))
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    # at least 4 channels a group, at most 32 groups (Wu & He 2018), and a divisor of the width
-    groups = min(32, max(1, channels // 4))
-    while channels % groups:
-        groups -= 1
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+from zoo.nn.embeddings import sinusoidal_embedding
+from zoo.nn.layers import group_norm
 
 
 class ResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, embed_dim: int, dropout: float) -> None:
         super().__init__()
-        self.norm1, self.conv1 = _norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.embed = nn.Linear(embed_dim, out_channels)
-        self.norm2, self.conv2 = _norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable deep training
@@ -67,7 +49,7 @@ class SelfAttention(nn.Module):
         if channels % num_heads:
             raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
@@ -90,7 +72,7 @@ class CrossAttention(nn.Module):
         if channels % num_heads:
             raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.out = nn.Linear(channels, channels)
@@ -181,7 +163,7 @@ class UNet(nn.Module):
                     blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
                     blocks.append(nn.Conv2d(channels, channels, 3, padding=1))
                 self.up.append(blocks)
-        self.norm_out = _norm(channels)
+        self.norm_out = group_norm(channels)
         self.conv_out = nn.Conv2d(channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -213,7 +195,7 @@ class UNet(nn.Module):
     ) -> torch.Tensor:
         """The embedding every ResBlock adds: timestep (B,), plus the label's (None: the null label) and the
         pooled context's when the network has them. (B, 4 * base_channels)."""
-        embedding = self.time_mlp(timestep_embedding(t, self.base_channels))
+        embedding = self.time_mlp(sinusoidal_embedding(t, self.base_channels))
         if self.label_embedding is not None:
             if label is None:  # unconditional: the null label
                 label = torch.full((len(t),), self.num_classes, device=t.device, dtype=torch.long)

@@ -34,25 +34,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet, timestep_embedding
+from zoo.nn.embeddings import rotary_embedding, sinusoidal_embedding
+from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet
 
 __all__ = ["TemporalAttention", "VideoUNet", "inflate_image_unet", "rotary_embedding"]
-
-
-def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate pairs of channels of `x` (..., T, D) by angles positions * base^(-2i/D) (RoFormer, eq. 34).
-
-    The dot product of two rotated vectors depends only on the difference of their positions, which makes
-    the attention relative in time and defined for any clip length."""
-    d = x.shape[-1]
-    if d % 2:
-        raise ValueError(f"rotary embeddings need an even head width, got {d}")
-    half = d // 2
-    frequencies = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = positions.float()[:, None] * frequencies[None]  # (T, D/2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class TemporalAttention(nn.Module):
@@ -102,11 +87,11 @@ class TemporalAttention(nn.Module):
             tokens = rearrange(tokens * (1 + scale) + shift, "b n t c -> (b n) t c")
         positions = torch.arange(frames, device=x.device)
         if self.absolute_positions:
-            tokens = tokens + timestep_embedding(positions, c).to(tokens.dtype)
+            tokens = tokens + sinusoidal_embedding(positions, c).to(tokens.dtype)
         q, k, v = rearrange(self.qkv(tokens), "n t (three h d) -> three n h t d", three=3, h=self.num_heads)
         q, k = rotary_embedding(q, positions), rotary_embedding(k, positions)
-        # explicit softmax attention: for sequences of a few frames it is faster on a CPU than the fused
-        # kernel (measured 1.5x), and it is the same function
+        # explicit softmax attention: the fused kernel's function, and over a few frames no slower on a CPU
+        # (benchmarks/kernel_choices.py; figures in RESULTS.md under video_diffusion)
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
         attended = rearrange(scores.softmax(-1) @ v, "n h t d -> n t (h d)")
         update = rearrange(self.out(attended), "(b y x) t c -> (b t) c y x", y=height, x=width)
@@ -205,7 +190,7 @@ class VideoUNet(nn.Module):
         # the image UNet's forward, unrolled so that temporal blocks can follow each ResBlock group
         embedding = net.embed(t, label, pooled)
         if self.frame_embedding is not None:
-            index = timestep_embedding(torch.arange(frames, device=x.device), embedding.shape[-1])
+            index = sinusoidal_embedding(torch.arange(frames, device=x.device), embedding.shape[-1])
             embedding = embedding + self.frame_embedding(index.to(embedding.dtype)).repeat(b, 1)
         h = net.conv_in(x.flatten(0, 1))
         hs = [h]

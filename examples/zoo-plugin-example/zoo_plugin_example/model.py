@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.module import GenerativeModule
+from zoo.module import GenerativeModule, inference
 
 
 class GaussianPixels(GenerativeModule):
@@ -39,6 +39,7 @@ class GaussianPixels(GenerativeModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
+    @inference
     def generate(
         self, n: int, *, condition: Any = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:

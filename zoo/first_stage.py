@@ -1,0 +1,159 @@
+"""The first stage of latent families (`ldm`, `video_diffusion` and those to come): a frozen `vae` that
+maps images to latents, built, loaded, trained and waited for by these free functions.
+
+A family holds the vae as `self.first_stage` (`build_first_stage`) and a `first_stage_ready` buffer, and
+in its `prepare_fit` calls `prepare_first_stage`: the vae checkpoint the user gave is loaded; otherwise
+rank 0 trains one with a `Trainer` of its own in `<run>/first_stage/` while the other ranks wait for the
+file it writes, and every rank loads it. Why before `fit` and not in a hook: see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from zoo import registry
+from zoo.checkpoint import load_model, require_family
+from zoo.module import build_module
+
+FIRST_STAGE_FAMILY = "vae"
+FIRST_STAGE_FLAG = "--model.first_stage"
+FIRST_STAGE_FILE = "first_stage.ckpt"
+# What a family trains when no --model.first_stage is given (the `vae` recipe's settings: sharp
+# reconstructions, a KL weight small enough for latent diffusion).
+DEFAULT_FIRST_STAGE = {
+    "latent_channels": 4,
+    "downsample_factor": 4,
+    "base_channels": 32,
+    "beta": 0.01,
+    "lr": 1e-3,
+    "warmup_steps": 100,
+}
+
+
+def first_stage_hparams(path: str | None, in_channels: int, image_size: int, family: str) -> dict[str, Any]:
+    """The hyper-parameters of the vae a `family` model for `in_channels`-channel `image_size`px images uses:
+    those of the vae checkpoint at `path`, checked to be one for such images, or the default recipe's."""
+    if path is None:
+        return {"in_channels": in_channels, "image_size": image_size, **DEFAULT_FIRST_STAGE}
+    checkpoint = require_family(path, FIRST_STAGE_FAMILY, FIRST_STAGE_FLAG)
+    config = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    if (config.get("in_channels"), config.get("image_size")) != (in_channels, image_size):
+        raise ValueError(
+            f"first stage '{path}' is for {config.get('in_channels')}-channel {config.get('image_size')}px "
+            f"images, but this {family} is for {in_channels}-channel {image_size}px ones: train a vae on the "
+            "same data (python -m zoo.fit --model vae --data ...) or leave --model.first_stage unset"
+        )
+    return config
+
+
+def build_first_stage(config: dict[str, Any]) -> L.LightningModule:
+    """An untrained, frozen vae of `config`, for a family's `__init__` (its own hyper-parameters kept)."""
+    vae = build_module(registry.get_model_class(FIRST_STAGE_FAMILY), **config)
+    vae.requires_grad_(False)
+    return vae
+
+
+def load_first_stage(vae: L.LightningModule, path: str | Path) -> None:
+    """The weights of the trained vae checkpoint at `path` into `vae`."""
+    trained = load_model(path, family=FIRST_STAGE_FAMILY, flag=FIRST_STAGE_FLAG)
+    if float(trained.latent_scale) == 1.0:
+        raise ValueError(
+            f"first stage '{path}' has no measured latent scale (it never ran a validation): "
+            "train it with validation (the vae recipe does) before using it as a first stage"
+        )
+    vae.load_state_dict(trained.state_dict())
+
+
+def wait_for_file(path: Path, timeout_s: float = 6 * 3600, poll_s: float = 5.0) -> None:
+    """Return once `path` exists (another rank writes it whole: `train_first_stage` renames it into place)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for rank 0's first stage at {path}")
+        time.sleep(poll_s)
+
+
+def train_first_stage(
+    vae: L.LightningModule,
+    trainer: L.Trainer,
+    datamodule: L.LightningDataModule,
+    folder: Path,
+    steps: int,
+    family: str,
+) -> Path:
+    """Train `vae` for `steps` steps on `datamodule` with a `Trainer` of its own writing into `folder`, on
+    the device and precision of the family's `trainer`; returns `folder/first_stage.ckpt`."""
+    print(f"{family}: training the first stage (vae, {steps} steps) in {folder}; then the {family} model")
+    # a fresh copy of the datamodule, so the family's data order does not depend on stage 1
+    hparams = {k: v for k, v in (getattr(datamodule, "hparams", {}) or {}).items() if not k.startswith("_")}
+    data = type(datamodule)(**hparams) if hparams else datamodule
+    stage = _stage_trainer(trainer, folder, steps)
+    vae.requires_grad_(True)
+    stage.fit(vae, datamodule=data)
+    vae.requires_grad_(False)
+    vae.trainer = None  # the stage-1 trainer is done with it
+    done = folder / FIRST_STAGE_FILE
+    partial = done.with_suffix(".partial")
+    stage.save_checkpoint(partial)
+    os.replace(partial, done)  # whole or absent: other ranks load it as soon as it exists
+    metrics = {k: float(v) for k, v in stage.callback_metrics.items() if k.startswith("val/")}
+    print(f"{family}: first stage done: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+    return done
+
+
+def _stage_trainer(trainer: L.Trainer, folder: Path, steps: int) -> L.Trainer:
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from zoo.callbacks import SampleGrid
+
+    on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
+    device = trainer.strategy.root_device
+    return L.Trainer(
+        accelerator="gpu" if on_gpu else "cpu",
+        devices=[device.index or 0] if on_gpu else 1,
+        precision=trainer.precision,
+        max_steps=steps,
+        val_check_interval=max(1, steps // 2),
+        check_val_every_n_epoch=None,
+        limit_val_batches=8,
+        log_every_n_steps=25,
+        default_root_dir=str(folder),
+        logger=CSVLogger(str(folder), name="", version=""),
+        callbacks=[
+            ModelCheckpoint(dirpath=str(folder / "checkpoints"), save_last=True, save_top_k=0),
+            SampleGrid(every_n_steps=max(1, steps // 2), num_samples=32),
+        ],
+        enable_model_summary=False,
+        enable_progress_bar=trainer.progress_bar_callback is not None,
+    )
+
+
+def prepare_first_stage(
+    vae: L.LightningModule,
+    *,
+    given: str | None,
+    trainer: L.Trainer,
+    datamodule: L.LightningDataModule,
+    steps: int,
+    family: str,
+) -> None:
+    """Make `vae` a trained first stage: the checkpoint `given`, else one trained in
+    `<run>/first_stage/` by rank 0 (the other ranks of torchrun or SLURM wait for its file)."""
+    if given is not None:
+        load_first_stage(vae, given)
+        return
+    folder = Path(trainer.default_root_dir) / "first_stage"
+    if rank_zero_only.rank == 0:
+        done = train_first_stage(vae, trainer, datamodule, folder, steps, family)
+    else:
+        done = folder / FIRST_STAGE_FILE
+        wait_for_file(done)
+    load_first_stage(vae, done)
