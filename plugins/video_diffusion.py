@@ -209,6 +209,10 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
                 "pixel_space=True diffuses pixels directly: leave first_stage and image_model unset "
                 "(both bring a latent first stage)"
             )
+        if image_model is not None and first_stage is not None:
+            raise ValueError(
+                "image_model brings its ldm's first stage: leave first_stage unset (it would be ignored)"
+            )
         image_config = None
         if image_model is not None and first_stage_config is None:
             image_config = self._image_model_config(image_model, in_channels, image_size)

@@ -489,3 +489,11 @@ def test_a_frozen_text_encoder_is_left_out_of_the_optimiser():
     }
     assert not any(id(p) in optimised for p in model.text_encoder.parameters())
     assert all(id(p) in optimised for p in model.unet.parameters())
+
+
+def test_image_model_and_first_stage_together_are_refused():
+    """An inflated ldm brings its own vae; a first_stage given beside it used to be ignored without a word."""
+    from zoo.plugins.video_diffusion import VideoDiffusion
+
+    with pytest.raises(ValueError, match="image_model brings its ldm's first stage: leave first_stage unset"):
+        VideoDiffusion(image_model="ldm.ckpt", first_stage="vae.ckpt")

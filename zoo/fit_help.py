@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def _arguments_help(cls: type, section: str, title: str, defaults: dict[str, Any
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(add_help=False)
-    group_help = (cls.__doc__ or "").strip().split("\n\n")[0]
+    group_help = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
     parser.add_class_arguments(cls, section, help=group_help)
     for key, value in defaults.items():
         with contextlib.suppress(Exception):  # a recipe value the parser cannot show as a default

@@ -188,10 +188,14 @@ class GANModule(GenerativeModule):
             raise DivergedLossError(
                 f"{type(self).__name__}: the training loss is {loss.item():.4g} at step {self.global_step}, "
                 f"beyond max_loss {self.hparams.max_loss:g}: the adversarial game diverged. No step was "
-                "taken; the checkpoint saved on this exception holds the last finite weights. Lower the "
-                "learning rates (--model.lr_d, --model.lr_g), add a penalty (--model.r1_weight, "
-                "--model.gp_weight) or spectral norm (--model.spectral_norm true)."
+                "taken; past the first step, the checkpoint saved on this exception holds the last finite weights. Lower the "
+                "learning rates (--model.lr_d, --model.lr_g) or add a penalty (--model.r1_weight, "
+                f"--model.gp_weight){self._spectral_norm_hint()}."
             )
+
+    def _spectral_norm_hint(self) -> str:
+        """Spectral norm is an option of the DCGAN-style networks only (stylegan has no such flag)."""
+        return " or spectral norm (--model.spectral_norm true)" if "spectral_norm" in self.hparams else ""
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # val/loss: D's loss (no smoothing, no augmentation) on held-out reals vs fakes from seeded

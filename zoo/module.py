@@ -167,8 +167,8 @@ class GenerativeModule(L.LightningModule):
         if not torch.isfinite(loss).all():
             raise NonFiniteLossError(
                 f"{type(self).__name__}: the training loss is {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}); no step was taken, so the weights are still finite and the "
-                "checkpoint saved on this exception can be resumed. Lower the learning rate "
+                f"(epoch {self.current_epoch}); no step was taken, so the weights are still finite and, past "
+                "the first step, the checkpoint saved on this exception can be resumed. Lower the learning rate "
                 "(--model.lr), clip gradients (--trainer.gradient_clip_val 1.0) or check the data for NaNs."
             )
 
