@@ -1,6 +1,8 @@
-"""Quality of a class-conditional `ddpm` checkpoint on digits, per sampler and number of steps.
+"""Quality of a class-conditional `ddpm` or `flow_matching` checkpoint on digits, per sampler and number of steps.
 
     python benchmarks/ddpm_quality.py --ckpt runs/ddpm/<run>/checkpoints/last.ckpt [--num 500] [--guidance 3]
+    python benchmarks/ddpm_quality.py --ckpt runs/flow_matching/<run>/checkpoints/last.ckpt --guidance 2 \
+        --samplers euler,heun --steps 1,2,4,8,25
 
 Until zoo's metrics land, quality is measured with a feature extractor trained here on the real
 digits (multinomial logistic regression on pixels, at the checkpoint's resolution; its held-out
@@ -42,11 +44,13 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=500)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--steps", default="10,25,50")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--samplers", help="comma-separated; default: all of ddpm's, or euler for a flow")
     parser.add_argument("--out", default="benchmarks/out/ddpm_quality")
     args = parser.parse_args()
 
     model = load_model(args.ckpt)
+    if args.samplers is None:
+        args.samplers = "euler" if hasattr(model, "velocity") else ",".join(SAMPLERS)
     size = model.hparams.image_size
     data = zoo.create_datamodule("digits", image_size=size, channels=model.hparams.in_channels)
     data.setup()

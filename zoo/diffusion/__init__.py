@@ -1,8 +1,39 @@
 """The diffusion core: noise schedules, parameterisations, losses, samplers, guidance and image editing,
 as plain functions over a denoiser callable `denoiser(x_t, t) -> raw network output` (networks, schedules
-and samplers apart, as in diffusers and k-diffusion)."""
+and samplers apart, as in diffusers and k-diffusion); and flow matching (paths, OT couplings, ODE samplers
+over a velocity callable `velocity(x_t, t)`, reflow), which shares its guidance, dropout and schedules."""
 
 from zoo.diffusion.editing import outpaint_canvas
+from zoo.diffusion.flow import (
+    PATHS,
+    TIME_SAMPLERS,
+    ProbabilityPath,
+    RectifiedPath,
+    VPPath,
+    conditional_flow_matching_loss,
+    ddpm_as_velocity,
+    ddpm_flow_time,
+    ddpm_flow_times,
+    ddpm_velocity,
+    flow_matching_loss,
+    logit_normal_time,
+    mode_time,
+    ot_coupling,
+    sample_time,
+    shift_time,
+    uniform_time,
+)
+from zoo.diffusion.flow_samplers import (
+    FLOW_SAMPLERS,
+    flow_dopri5,
+    flow_euler,
+    flow_heun,
+    flow_midpoint,
+    flow_rk4,
+    flow_time_grid,
+    integrate_flow,
+    sample_flow,
+)
 from zoo.diffusion.generate import check_options, sample, sampling_options
 from zoo.diffusion.guidance import (
     classifier_free_guidance,
@@ -17,6 +48,7 @@ from zoo.diffusion.parameterization import (
     predict_x0,
     score_from_eps,
 )
+from zoo.diffusion.reflow import coupling_straightness, draw_pairs, one_step_error, straightness
 from zoo.diffusion.samplers import SAMPLERS, ddim, ddpm, dpmpp_2m, euler, euler_ancestral, heun
 from zoo.diffusion.schedule import (
     NoiseSchedule,
@@ -37,26 +69,51 @@ from zoo.diffusion.training import (
 )
 
 __all__ = [
-    "SAMPLERS",
+    "FLOW_SAMPLERS",
     "NoiseSchedule",
+    "PATHS",
+    "ProbabilityPath",
+    "RectifiedPath",
+    "SAMPLERS",
+    "TIME_SAMPLERS",
+    "VPPath",
     "check_options",
     "classifier_free_guidance",
+    "conditional_flow_matching_loss",
     "convert_prediction",
     "cosine_betas",
+    "coupling_straightness",
     "ddim",
     "ddpm",
+    "ddpm_as_velocity",
+    "ddpm_flow_time",
+    "ddpm_flow_times",
+    "ddpm_velocity",
     "denoising_loss",
     "diffusion_loss",
     "dpmpp_2m",
+    "draw_pairs",
     "drop_condition",
     "elbo_bits_per_dim",
     "elbo_terms",
     "euler",
     "euler_ancestral",
+    "flow_dopri5",
+    "flow_euler",
+    "flow_heun",
+    "flow_matching_loss",
+    "flow_midpoint",
+    "flow_rk4",
+    "flow_time_grid",
     "guided_denoiser",
     "heun",
+    "integrate_flow",
     "linear_betas",
+    "logit_normal_time",
     "min_snr_weight",
+    "mode_time",
+    "one_step_error",
+    "ot_coupling",
     "outpaint_canvas",
     "predict_eps",
     "predict_v",
@@ -65,9 +122,14 @@ __all__ = [
     "q_sample",
     "rescale_guidance",
     "rescale_zero_terminal_snr",
-    "shift_snr",
     "sample",
+    "sample_flow",
+    "sample_time",
     "sampling_options",
     "scaled_linear_betas",
     "score_from_eps",
+    "shift_snr",
+    "shift_time",
+    "straightness",
+    "uniform_time",
 ]
