@@ -50,11 +50,8 @@ from zoo.diffusion import (
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # conftest.one_thread, for every test here
     yield
-    torch.set_num_threads(threads)
 
 
 def _draws(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -52,11 +52,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # conftest.one_thread, for every test here
     yield
-    torch.set_num_threads(threads)
 
 
 # --- velocity fields with known flows -----------------------------------------------------------------------

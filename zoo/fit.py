@@ -197,7 +197,8 @@ def _recipe_for_data(recipe: Path, data_name: str, data_class: type) -> Path:
 
 
 def _is_rank_zero() -> bool:
-    """True outside DDP and on rank 0 (from the launcher's environment, before any process group)."""
+    """True outside DDP and on rank 0, from the launcher's environment: used before Lightning is imported
+    (so `--help` and typos stay fast); past that point, Lightning's `rank_zero_only.rank` decides."""
     return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 

@@ -23,10 +23,11 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zoo.callbacks import CheckpointOnException, FinalCheckpoint, MetricsCallback, SampleGrid
 from zoo.cli import UsageError
-from zoo.fit import LINKS, PROG, RUN_DIR_ENV, _init_params, _is_rank_zero, _run_dir_of_checkpoint, new_run_dir
+from zoo.fit import LINKS, PROG, RUN_DIR_ENV, _init_params, _run_dir_of_checkpoint, new_run_dir
 
 ZOO_FLAGS = ("--model", "--data", "--recipe", "--logger", "--traceback", "--help", "--help-all")
 
@@ -78,7 +79,7 @@ class ZooCLI(LightningCLI):
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
         point_logger_at(config.trainer.logger, Path(root), self.model_name)
-        if self.subcommand and _is_rank_zero():
+        if self.subcommand and rank_zero_only.rank == 0:
             print(f"{PROG}: run folder {root}", file=sys.stderr)
 
     def before_fit(self) -> None:
