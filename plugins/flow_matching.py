@@ -36,7 +36,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zoo.checkpoint import load_model, require_family
 from zoo.conditioning import class_labels
-from zoo.diffusion import guided_denoiser
+from zoo.diffusion import FLOW_TIME_SCALE, guided_denoiser
 from zoo.diffusion.flow import PATHS, TIME_SAMPLERS, conditional_flow_matching_loss
 from zoo.diffusion.flow_samplers import FLOW_SAMPLERS, sample_flow
 from zoo.diffusion.reflow import coupling_straightness, draw_pairs, one_step_error
@@ -48,7 +48,6 @@ from zoo.nn.unet import UNet
 
 BACKBONES = ("unet", "dit")
 PATH_NAMES = ("rectified", "ot", "vp")
-TIME_SCALE = 1000.0  # flow time in [0, 1] -> the 0..1000 scale of the backbones' timestep embeddings
 # what a reflow student copies from its teacher: the network and what it is conditioned on
 NETWORK_HPARAMS = (
     "in_channels", "image_size", "num_classes", "class_conditional", "backbone", "base_channels",
@@ -195,7 +194,7 @@ class FlowMatching(GenerativeModule):
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """The network's velocity at flow time t in [0, 1] (B,) or a scalar."""
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(len(x_t))
-        return self.net(x_t, t * TIME_SCALE, label)
+        return self.net(x_t, t * FLOW_TIME_SCALE, label)
 
     def _time_grid(self, steps: int) -> torch.Tensor:
         """The sampling grid shifted as the training times were: by the path's own SNR shift."""

@@ -4,8 +4,12 @@ Two stages, as in Stable Diffusion:
 1. a first stage, the `vae` family, frozen: images <-> latents (x4 smaller on each side), latents
    multiplied by the VAE's `latent_scale` (1 / std of latents, measured on data) so they have unit
    variance, as the diffusion schedule assumes;
-2. a U-Net from `zoo.nn` over the latents that cross-attends to the token states of a text encoder
-   and adds the pooled text embedding to its timestep embedding. The text encoder (a small
+2. a denoising network over the latents that cross-attends to the token states of a text encoder and
+   adds the pooled text embedding to its timestep embedding: the U-Net of `zoo.nn.unet` (`backbone:
+   unet`, the default) or the DiT of `zoo.nn.dit` (`backbone: dit`), trained with the diffusion objective
+   (a noise schedule, ε/v/x0 prediction; the default) or rectified flow (`objective: flow`), the two of
+   `zoo.diffusion.objectives`. `--recipe dit_flow` is Stable Diffusion 3's choice in small: a DiT with
+   rectified flow and logit-normal times, sampled by 10 Euler steps. The text encoder (a small
    transformer over a byte-level BPE tokenizer trained on the captions, `zoo.nn.text`) is trained
    jointly with the U-Net from scratch, or taken frozen from a `clip` checkpoint
    (`--model.text_encoder CKPT`). Captions are dropped (replaced by "") with probability
@@ -22,6 +26,7 @@ Sampling, img2img, inpainting and outpainting run in latent space with the diffu
     python -m zoo.sample --ckpt ... --prompt "a green circle" --init-image x.png --strength 0.6
     python -m zoo.sample --ckpt ... --prompt "a green circle" --init-image x.png --mask hole.png
     python -m zoo.sample --ckpt ... --prompt "a green circle" --init-image x.png --outpaint left=16
+    python -m zoo.fit --model ldm --recipe dit_flow       # DiT + rectified flow; samples with --sampler euler|heun|...
 """
 
 from __future__ import annotations
@@ -36,23 +41,27 @@ import torch.nn.functional as F
 from zoo import registry
 from zoo.checkpoint import load_model
 from zoo.diffusion import (
+    TIME_SAMPLERS,
     NoiseSchedule,
+    check_objective,
     check_options,
     guided_denoiser,
+    objective_loss,
+    objective_sample,
     outpaint_canvas,
-    sampling_options,
 )
-from zoo.diffusion import sample as run_sampler
-from zoo.first_stage import build_first_stage, first_stage_hparams, load_first_stage, prepare_first_stage
+from zoo.first_stage import FirstStageFamily, build_first_stage, first_stage_hparams
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module, inference
+from zoo.nn.dit import DiT
 from zoo.nn.layers import masked_mean
 from zoo.nn.text import CaptionConditioned, CaptionTokenizer, TextEncoder
 from zoo.nn.unet import UNet
 
 OUTPAINT_SIDES = ("left", "right", "top", "bottom")
+BACKBONES = ("unet", "dit")
 
 
-class LDM(CaptionConditioned, GenerativeModule):
+class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
     """Text-to-image latent diffusion; see the module docstring.
 
     Args:
@@ -68,21 +77,31 @@ class LDM(CaptionConditioned, GenerativeModule):
         text_depth: transformer blocks of the text encoder (unused with text_encoder).
         text_heads: attention heads of the text encoder (unused with text_encoder).
         max_length: tokens per caption with <bos> and <eos>; longer ones are cut (unused with text_encoder).
+        backbone: the denoising network over the latents: unet (zoo.nn.unet) or dit (zoo.nn.dit, text by
+            cross-attention and the pooled embedding).
+        objective: diffusion (a noise schedule and `prediction`) or flow (rectified flow, SD3's objective);
+            see zoo.diffusion.objectives.
         base_channels: U-Net width at the first resolution level (the timestep embedding is 4x it).
         channel_mults: U-Net width per resolution level, times base_channels; each level halves the latents.
         num_res_blocks: ResBlocks per U-Net level on the way down (one more on the way up).
         attention_levels: U-Net levels (indices into channel_mults) with self- and cross-attention; the middle has both.
         num_heads: U-Net attention heads; must divide the widths of the attention levels and the deepest.
         dropout: dropout probability inside the U-Net's ResBlocks.
+        patch_size: DiT patch side in latent cells; must divide the latent size (image_size / 4 by default).
+        dit_width: DiT hidden size (a multiple of num_heads).
+        dit_depth: DiT blocks.
         caption_dropout: probability a training caption is replaced by "" (for classifier-free guidance).
-        schedule: noise schedule: linear, scaled_linear or cosine.
-        num_train_timesteps: diffusion steps T of the noise schedule.
-        prediction: what the U-Net predicts: epsilon (the noise), v_prediction (v) or sample (x0).
-        min_snr_gamma: weight the loss by min(SNR, gamma) (Hang et al. 2023), e.g. 5; null: unweighted.
+        schedule: diffusion: noise schedule: linear, scaled_linear or cosine.
+        num_train_timesteps: diffusion: steps T of the noise schedule.
+        prediction: diffusion: what the network predicts: epsilon (the noise), v_prediction (v) or sample (x0).
+        min_snr_gamma: diffusion: weight the loss by min(SNR, gamma) (Hang et al. 2023), e.g. 5; null: unweighted.
+        time_sampler: flow: training times: uniform, logit_normal (SD3) or mode.
+        time_shift: flow: shift of the training and sampling times (SD3's; 1: none).
         lr: AdamW learning rate, reached at the end of the warm-up (the vae and a clip encoder stay frozen).
         weight_decay: AdamW weight decay, on every trained parameter.
         warmup_steps: optimizer steps of linear learning-rate warm-up.
-        sampler: sampler of `generate` unless given: ddpm, ddim, dpmpp_2m, euler, euler_ancestral or heun.
+        sampler: sampler of `generate` unless given; diffusion: ddpm, ddim, dpmpp_2m, euler, euler_ancestral or
+            heun; flow: euler, heun, midpoint, rk4 or dopri5; null: dpmpp_2m or euler.
         sampling_steps: sampling steps of `generate` unless given.
         guidance: classifier-free guidance scale of `generate` unless given (1: the conditional model alone).
     """
@@ -110,32 +129,47 @@ class LDM(CaptionConditioned, GenerativeModule):
         text_depth: int = 2,
         text_heads: int = 4,
         max_length: int = 24,
+        backbone: str = "unet",
+        objective: str = "diffusion",
         base_channels: int = 64,
         channel_mults: tuple[int, ...] = (1, 2),
         num_res_blocks: int = 2,
         attention_levels: tuple[int, ...] = (0, 1),
         num_heads: int = 4,
         dropout: float = 0.0,
+        patch_size: int = 2,
+        dit_width: int = 256,
+        dit_depth: int = 6,
         caption_dropout: float = 0.1,
         schedule: str = "cosine",
         num_train_timesteps: int = 1000,
         prediction: str = "epsilon",
         min_snr_gamma: float | None = None,
+        time_sampler: str = "logit_normal",
+        time_shift: float = 1.0,
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 200,
-        sampler: str = "dpmpp_2m",
+        sampler: str | None = None,
         sampling_steps: int = 25,
         guidance: float = 4.0,
     ) -> None:
         super().__init__()
-        check_options(prediction=prediction, sampler=sampler)
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        check_options(prediction=prediction)
+        if time_sampler not in TIME_SAMPLERS:
+            raise ValueError(
+                f"unknown time_sampler {time_sampler!r}; choose one of {', '.join(TIME_SAMPLERS)}"
+            )
+        sampler = check_objective(objective, sampler)
         if first_stage_config is None:
             first_stage_config = first_stage_hparams(first_stage, in_channels, image_size, "ldm")
         # the first-stage config actually used goes into the checkpoint: the model rebuilds without the VAE file
         self.save_hyperparameters()
         # set explicitly: under LightningCLI, save_hyperparameters records the parsed values (None here)
         self.hparams["first_stage_config"] = first_stage_config
+        self.hparams["sampler"] = sampler  # the objective's default when none was given
 
         self.first_stage = build_first_stage(first_stage_config)
         # True once the VAE weights are trained or loaded; saved with the weights
@@ -143,11 +177,12 @@ class LDM(CaptionConditioned, GenerativeModule):
         factor = self.first_stage.hparams.downsample_factor
         self.latent_channels = self.first_stage.hparams.latent_channels
         self.latent_size = image_size // factor
-        if self.latent_size % 2 ** (len(channel_mults) - 1):
+        if self.latent_size % self._size_multiple():
             raise ValueError(
-                f"latents of {self.latent_size}x{self.latent_size} do not halve {len(channel_mults) - 1} times "
-                f"(channel_mults {channel_mults}); use fewer levels"
-            )
+                f"latents of {self.latent_size}x{self.latent_size} do not fit the {backbone}: "
+                + (f"they do not halve {len(channel_mults) - 1} times (channel_mults {channel_mults}); use fewer levels"
+                   if backbone == "unet" else f"patch_size {patch_size} does not divide them")
+            )  # fmt: skip
 
         self.clip = None
         if text_encoder is not None:  # a frozen clip family's text encoder
@@ -166,19 +201,42 @@ class LDM(CaptionConditioned, GenerativeModule):
             context_dim = text_width
         self.tokenizer: CaptionTokenizer | None = None
 
-        self.unet = UNet(
-            in_channels=self.latent_channels,
-            base_channels=base_channels,
-            channel_mults=tuple(channel_mults),
-            num_res_blocks=num_res_blocks,
-            attention_levels=tuple(attention_levels),
-            num_heads=num_heads,
-            dropout=dropout,
-            context_dim=context_dim,
-            pooled_dim=context_dim,
-        )
+        # the denoising network: one of the two, under the name its checkpoints have always used
+        self.unet = self.dit = None
+        if backbone == "unet":
+            self.unet = UNet(
+                in_channels=self.latent_channels,
+                base_channels=base_channels,
+                channel_mults=tuple(channel_mults),
+                num_res_blocks=num_res_blocks,
+                attention_levels=tuple(attention_levels),
+                num_heads=num_heads,
+                dropout=dropout,
+                context_dim=context_dim,
+                pooled_dim=context_dim,
+            )
+        else:
+            self.dit = DiT(
+                image_size=self.latent_size,
+                in_channels=self.latent_channels,
+                patch_size=patch_size,
+                hidden_size=dit_width,
+                depth=dit_depth,
+                num_heads=num_heads,
+                context_dim=context_dim,
+                pooled_dim=context_dim,
+            )
         self.schedule = NoiseSchedule.make(schedule, num_train_timesteps)
         self._preview_prompts: list[str] | None = None
+
+    def _size_multiple(self) -> int:
+        """What the latent sides must be a multiple of: the U-Net halves them per level, the DiT cuts patches."""
+        hp = self.hparams
+        return 2 ** (len(hp.channel_mults) - 1) if hp.backbone == "unet" else hp.patch_size
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
+        network = self.unet if self.unet is not None else self.dit  # one signature for both backbones
+        return network(x, t, context=text["states"], context_mask=text["mask"], pooled=text["pooled"])
 
     # --- the first stage ----------------------------------------------------------------------
 
@@ -189,27 +247,10 @@ class LDM(CaptionConditioned, GenerativeModule):
         resumes), the first stage, in `<run>/first_stage/`."""
         datamodule.setup("fit")
         self._train_tokenizer(datamodule)
-        if ckpt_path is not None or bool(self.first_stage_ready):
-            return  # resuming: the first stage comes back with the checkpoint's weights
-        prepare_first_stage(
-            self.first_stage,
-            given=self.hparams.first_stage,
-            trainer=trainer,
-            datamodule=datamodule,
-            steps=self.hparams.first_stage_steps,
-            family="ldm",
-        )
-        self.first_stage_ready.fill_(True)
-
-    def on_fit_start(self) -> None:
-        # a Python user's own Trainer (no zoo.fit, so no prepare_fit): take the given first stage now
-        if not bool(self.first_stage_ready) and self.hparams.first_stage is not None:
-            load_first_stage(self.first_stage, self.hparams.first_stage)
-            self.first_stage_ready.fill_(True)
+        self.prepare_first_stage_for_fit(trainer, datamodule, ckpt_path)
 
     def train(self, mode: bool = True) -> LDM:
-        super().train(mode)
-        self.first_stage.eval()  # frozen: no dropout/normalisation updates, whatever Lightning asks
+        super().train(mode)  # the first stage stays in eval mode (FirstStageFamily)
         if self.clip is not None:
             self.clip.eval()
         return self
@@ -240,7 +281,10 @@ class LDM(CaptionConditioned, GenerativeModule):
         with torch.no_grad():
             # a posterior draw, as Stable Diffusion trains; validation uses the mean (no global draws)
             z0 = self.first_stage.encode_latents(images, sample=self.training and generator is None)
-        return self._caption_loss(z0, captions, generator)
+        text = self.encode_text(captions)
+        return objective_loss(
+            lambda x_t, t: self._unet(x_t, t, text), z0, self.hparams, self.schedule, generator
+        )
 
     def configure_optimizers(self) -> Any:
         trainable = [
@@ -294,10 +338,6 @@ class LDM(CaptionConditioned, GenerativeModule):
         - `init` with `outpaint` {"left": px, "right": px, "top": px, "bottom": px} (multiples of the VAE's
           downsampling factor): extend the canvas and generate the new border.
         """
-        options = sampling_options(
-            self.hparams, self.schedule, self.device, sampler=sampler, steps=steps, generator=generator,
-            eta=eta, progress=progress,
-        )  # fmt: skip
         guidance = self.hparams.guidance if guidance is None else guidance
         factor = self.first_stage.hparams.downsample_factor
         height = width = self.hparams.image_size
@@ -318,12 +358,12 @@ class LDM(CaptionConditioned, GenerativeModule):
                 raise ValueError("give either mask (inpainting) or outpaint, not both")
             init, mask = outpaint_canvas(init.to(self.device, torch.float32), fill=0.0, **outpaint)
             height, width = init.shape[-2:]
-            multiple = factor * 2 ** (len(self.hparams.channel_mults) - 1)
+            multiple = factor * self._size_multiple()
             if height % multiple or width % multiple:
                 raise ValueError(
                     f"outpainting {outpaint} gives a {width}x{height} canvas; this model needs sides that are "
-                    f"multiples of {multiple} pixels (its VAE downsamples by {factor}, its U-Net halves the latents "
-                    f"{len(self.hparams.channel_mults) - 1} times)"
+                    f"multiples of {multiple} pixels (its VAE downsamples by {factor}, its {self.hparams.backbone} "
+                    f"needs latent sides that are multiples of {self._size_multiple()})"
                 )
         if mask is not None and init is None:
             raise ValueError("inpainting needs the image to keep: pass init (--init-image) with the mask")
@@ -340,15 +380,11 @@ class LDM(CaptionConditioned, GenerativeModule):
         if mask is not None:
             mask = mask.to(self.device, torch.float32).expand(n, 1, height, width)
             latent_mask = self._latent_mask(mask)
-        latents = run_sampler(
-            denoiser,
-            shape=shape,
-            init=known if (mask is None or strength < 1.0) else None,
-            strength=strength,
-            mask=latent_mask,
-            known=known if mask is not None else None,
-            **options,
-        )
+        latents = objective_sample(
+            denoiser, shape, self.hparams, self.schedule, sampler=sampler, steps=steps, generator=generator,
+            device=self.device, eta=eta, progress=progress, init=known if (mask is None or strength < 1.0) else None,
+            strength=strength, mask=latent_mask, known=known if mask is not None else None,
+        )  # fmt: skip
         images = self.first_stage.decode_latents(latents)
         if mask is not None:  # the kept pixels are the input's own, not their VAE reconstruction
             images = mask * images + (1 - mask) * pixels

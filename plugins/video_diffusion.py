@@ -286,6 +286,12 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
         ldm = load_model(path, family="ldm", flag="--model.image_model")
         if ldm.clip is not None:
             raise ValueError(f"image_model '{path}' uses a clip text encoder; inflate an ldm with its own")
+        if ldm.unet is None or ldm.hparams.get("objective", "diffusion") != "diffusion":
+            raise ValueError(
+                f"image_model '{path}' is an ldm with backbone {ldm.hparams.backbone} and objective "
+                f"{ldm.hparams.objective}; video_diffusion inflates a U-Net trained with the diffusion objective "
+                "(the default ldm recipe)"
+            )
         names = ("text_width", "text_depth", "text_heads", "max_length", "vocab_size", "base_channels",
                  "channel_mults", "num_res_blocks", "attention_levels", "num_heads")  # fmt: skip
         differ = [n for n in names if tuple(_as_tuple(ldm.hparams[n])) != tuple(_as_tuple(self.hparams[n]))]

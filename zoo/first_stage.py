@@ -157,3 +157,41 @@ def prepare_first_stage(
         done = folder / FIRST_STAGE_FILE
         wait_for_file(done)
     load_first_stage(vae, done)
+
+
+class FirstStageFamily:
+    """The first-stage side of a latent family, as a mixin before `GenerativeModule` (`ldm`, `dit`).
+
+    The family builds `self.first_stage` (`build_first_stage`) and registers the buffer
+    `first_stage_ready` (False) in `__init__`, has the hyper-parameters `first_stage` and
+    `first_stage_steps`, and calls `self.prepare_first_stage_for_fit(...)` from its `prepare_fit`."""
+
+    family_name: str = ""
+
+    def prepare_first_stage_for_fit(
+        self, trainer: L.Trainer, datamodule: L.LightningDataModule, ckpt_path: str | None
+    ) -> None:
+        """The given vae, or one trained in `<run>/first_stage/`; nothing when the run resumes or the
+        weights are already there (they come back with the checkpoint)."""
+        if ckpt_path is not None or bool(self.first_stage_ready):
+            return
+        prepare_first_stage(
+            self.first_stage,
+            given=self.hparams.first_stage,
+            trainer=trainer,
+            datamodule=datamodule,
+            steps=self.hparams.first_stage_steps,
+            family=self.family_name or type(self).__name__,
+        )
+        self.first_stage_ready.fill_(True)
+
+    def on_fit_start(self) -> None:
+        # a Python user's own Trainer (no zoo.fit, so no prepare_fit): take the given first stage now
+        if not bool(self.first_stage_ready) and self.hparams.first_stage is not None:
+            load_first_stage(self.first_stage, self.hparams.first_stage)
+            self.first_stage_ready.fill_(True)
+
+    def train(self, mode: bool = True) -> Any:
+        super().train(mode)
+        self.first_stage.eval()  # frozen: no dropout/normalisation updates, whatever Lightning asks
+        return self

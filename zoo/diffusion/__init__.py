@@ -41,6 +41,14 @@ from zoo.diffusion.guidance import (
     guided_denoiser,
     rescale_guidance,
 )
+from zoo.diffusion.objectives import (
+    DEFAULT_SAMPLERS,
+    FLOW_TIME_SCALE,
+    OBJECTIVES,
+    check_objective,
+    objective_loss,
+    objective_sample,
+)
 from zoo.diffusion.parameterization import (
     convert_prediction,
     predict_eps,
@@ -69,14 +77,18 @@ from zoo.diffusion.training import (
 )
 
 __all__ = [
+    "DEFAULT_SAMPLERS",
     "FLOW_SAMPLERS",
+    "FLOW_TIME_SCALE",
     "NoiseSchedule",
+    "OBJECTIVES",
     "PATHS",
     "ProbabilityPath",
     "RectifiedPath",
     "SAMPLERS",
     "TIME_SAMPLERS",
     "VPPath",
+    "check_objective",
     "check_options",
     "classifier_free_guidance",
     "conditional_flow_matching_loss",
@@ -112,6 +124,8 @@ __all__ = [
     "logit_normal_time",
     "min_snr_weight",
     "mode_time",
+    "objective_loss",
+    "objective_sample",
     "one_step_error",
     "ot_coupling",
     "outpaint_canvas",
