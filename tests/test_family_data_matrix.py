@@ -46,7 +46,7 @@ COMMON = [
 ]  # fmt: skip
 
 GAN = ["--model.g_channels", "8", "--model.d_channels", "8", "--model.latent_dim", "16"]
-# ldm's and video_diffusion's first stage (a vae), sized to the data's channels and frame size
+# ldm's, dit's and video_diffusion's first stage (a vae), sized to the data's channels and frame size
 FIRST_STAGE = (
     '{{"in_channels": {channels}, "image_size": {image_size}, "latent_channels": 4, "downsample_factor": 4, '
     '"base_channels": 8}}'
@@ -69,6 +69,11 @@ FAMILY_FLAGS: dict[str, list[str]] = {
         "--model.num_res_blocks", "1", "--model.num_heads", "2", "--model.text_width", "16",
         "--model.text_depth", "1", "--model.text_heads", "2", "--model.vocab_size", "300",
         "--model.num_train_timesteps", "100", "--model.sampling_steps", "2",
+    ],
+    "dit": [
+        "--model.first_stage_steps", "2", "--model.first_stage_config", FIRST_STAGE,
+        "--model.patch_size", "1", "--model.dit_width", "16", "--model.dit_depth", "1", "--model.num_heads", "2",
+        "--model.sampling_steps", "2",
     ],
     "clip": [
         "--model.patch_size", "4", "--model.image_width", "16", "--model.image_depth", "1",
@@ -177,6 +182,7 @@ OPTIONAL_INPUT = [
     # class-conditional families on a folder without class folders train unconditionally
     ("ddpm", "image_folder", ["--data.root", "{root}/plain_images", "--data.image_size", "16", "--data.batch_size", "4"]),
     ("dcgan", "image_folder", ["--data.root", "{root}/plain_images", "--data.image_size", "16", "--data.batch_size", "4"]),
+    ("dit", "image_folder", ["--data.root", "{root}/plain_images", "--data.image_size", "16", "--data.batch_size", "4"]),
 ]  # fmt: skip
 
 # Failures caused by known defects outside this file: {(family, datamodule): defect}, run as

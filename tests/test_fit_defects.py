@@ -193,3 +193,16 @@ def test_help_shows_zoo_flags_and_the_familys_arguments_briefly():
     assert "--recipe" in text and "--help-all" in text and "--data.num_train" in text
     # the family's arguments come with their recipe's values and their docstrings
     assert "default: 1000" not in text.split("--model.latent_channels")[0]
+
+
+def test_a_value_the_family_refuses_is_one_line_and_traceback_shows_it(in_tmp, capsys):
+    """A ValueError from a family's __init__ (here ddpm's unknown sampler) is a usage error, exit 2, one
+    line; --traceback re-raises the ValueError itself."""
+    with pytest.raises(SystemExit) as info:
+        run_fit("--model", "ddpm", "--model.sampler", "nope", "--trainer.max_steps", "1")
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m zoo.fit: error: unknown sampler 'nope'; choose one of"), err
+    assert not any("Traceback" in line for line in err)
+    with pytest.raises(ValueError, match="unknown sampler 'nope'"):
+        run_fit("--model", "ddpm", "--model.sampler", "nope", "--trainer.max_steps", "1", "--traceback")

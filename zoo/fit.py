@@ -296,7 +296,7 @@ def _run_cli(
         parser_kwargs["default_config_files"] = config_files
     from zoo.lightning_cli import SaveConfigToRunFolder, ZooCLI
 
-    cli_class = type("ZooCLI", (ZooCLI,), {"model_name": known.model})
+    cli_class = type("ZooCLI", (ZooCLI,), {"model_name": known.model, "show_traceback": known.traceback})
     with _scoped_env(RUN_DIR_ENV), warnings.catch_warnings():
         # zoo passes LightningCLI the command line minus --model/--data on purpose
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")

@@ -36,6 +36,7 @@ class ZooCLI(LightningCLI):
     """LightningCLI with zoo's run folder, checkpointing and sample-grid defaults."""
 
     model_name: str = ""
+    show_traceback: bool = False  # --traceback: a configuration error keeps its traceback
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         self.fit_parser = parser  # for the close matches of a mistyped flag
@@ -81,6 +82,18 @@ class ZooCLI(LightningCLI):
         point_logger_at(config.trainer.logger, Path(root), self.model_name)
         if self.subcommand and rank_zero_only.rank == 0:
             print(f"{PROG}: run folder {root}", file=sys.stderr)
+
+    def instantiate_classes(self) -> None:
+        # a family's or datamodule's __init__ refusing a value (an unknown sampler, a patch size that does
+        # not divide the latents) is a usage error: one line naming it, not a traceback. Data errors pass on.
+        from zoo.errors import DataError
+
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            if isinstance(err, DataError) or self.show_traceback:
+                raise
+            raise UsageError(f"{err} (--traceback shows where it was raised)", PROG) from err
 
     def before_fit(self) -> None:
         # A family may need work before its training proper: `ldm` trains its tokenizer and its first
