@@ -55,10 +55,12 @@ def main() -> None:
         start = time.perf_counter()
         grid = model.generate(len(names) * 8, condition=torch.arange(len(names)).repeat_interleave(8),
                               generator=generator, **sampling)  # fmt: skip
-        print(f"{len(grid)} samples in {time.perf_counter() - start:.1f} s ({torch.get_num_threads()} threads)")
+        print(
+            f"{len(grid)} samples in {time.perf_counter() - start:.1f} s ({torch.get_num_threads()} threads)"
+        )
         print(f"grid: {save_grid(grid, out / 'classes.png', nrow=8)}")
 
-        def by_prompt(prompts: list[str], sampling: dict = sampling) -> torch.Tensor:
+        def by_prompt(prompts: list[str], sampling: dict = sampling, generator=generator) -> torch.Tensor:
             labels = torch.tensor([names.index(p.split(" ", 1)[1]) for p in prompts])  # "a red circle"
             return model.generate(len(labels), condition=labels, generator=generator, **sampling)
 
