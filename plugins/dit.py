@@ -44,7 +44,7 @@ from zoo.diffusion import (
     objective_sample,
 )
 from zoo.first_stage import FirstStageFamily, build_first_stage, first_stage_hparams
-from zoo.module import GenerativeModule, adamw_with_warmup, inference
+from zoo.module import GenerativeModule, adamw_with_warmup, check_choice, inference
 from zoo.nn.dit import DiT
 
 
@@ -117,7 +117,7 @@ class LatentDiT(FirstStageFamily, GenerativeModule):
         super().__init__()
         sampler = check_objective(objective, sampler)
         check_options(prediction=prediction)
-        _check_choice("time_sampler", time_sampler, tuple(TIME_SAMPLERS))
+        check_choice("time_sampler", time_sampler, tuple(TIME_SAMPLERS))
         _check_numbers(label_dropout=label_dropout, sampling_steps=sampling_steps, time_shift=time_shift)
         if first_stage_config is None:
             first_stage_config = first_stage_hparams(first_stage, in_channels, image_size, "dit")
@@ -232,11 +232,6 @@ class LatentDiT(FirstStageFamily, GenerativeModule):
         """Samples for each class in turn (0, 1, ..., num_classes - 1, 0, ...); unconditional without."""
         condition = torch.arange(n) % self.hparams.num_classes if self.conditional else None
         return {"samples": self.generate(n, condition=condition, generator=generator)}
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _check_numbers(*, label_dropout: float, sampling_steps: int, time_shift: float) -> None:

@@ -42,7 +42,7 @@ from zoo.diffusion.flow_samplers import FLOW_SAMPLERS, sample_flow
 from zoo.diffusion.reflow import coupling_straightness, draw_pairs, one_step_error
 from zoo.evaluate import sha256_of
 from zoo.first_stage import wait_for_file
-from zoo.module import GenerativeModule, adamw_with_warmup, inference
+from zoo.module import GenerativeModule, adamw_with_warmup, check_choice, inference
 from zoo.nn.dit import DiT
 from zoo.nn.unet import UNet
 
@@ -137,11 +137,11 @@ class FlowMatching(GenerativeModule):
         teacher_sha256: str | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("backbone", backbone, BACKBONES)
-        _check_choice("path", path, PATH_NAMES)
-        _check_choice("time_sampler", time_sampler, tuple(TIME_SAMPLERS))
-        _check_choice("sampler", sampler, tuple(FLOW_SAMPLERS))
-        _check_choice("reflow_sampler", reflow_sampler, tuple(FLOW_SAMPLERS))
+        check_choice("backbone", backbone, BACKBONES)
+        check_choice("path", path, PATH_NAMES)
+        check_choice("time_sampler", time_sampler, tuple(TIME_SAMPLERS))
+        check_choice("sampler", sampler, tuple(FLOW_SAMPLERS))
+        check_choice("reflow_sampler", reflow_sampler, tuple(FLOW_SAMPLERS))
         if sampling_steps < 1:
             raise ValueError(f"sampling_steps must be at least 1, got {sampling_steps}")
         if teacher is not None and min(reflow_pairs, reflow_val_pairs, reflow_steps) < 1:
@@ -378,11 +378,6 @@ class FlowMatching(GenerativeModule):
     ) -> dict[str, torch.Tensor]:
         condition = torch.arange(n) % self.hparams.num_classes if self.conditional else None
         return {"samples": self.generate(n, condition=condition, generator=generator)}
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _shard_metadata(file: Path) -> dict[str, str] | None:

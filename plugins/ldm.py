@@ -51,7 +51,7 @@ from zoo.diffusion import (
     outpaint_canvas,
 )
 from zoo.first_stage import FirstStageFamily, build_first_stage, first_stage_hparams
-from zoo.module import GenerativeModule, adamw_with_warmup, build_module, inference
+from zoo.module import GenerativeModule, adamw_with_warmup, build_module, check_choice, inference
 from zoo.nn.dit import DiT
 from zoo.nn.layers import masked_mean
 from zoo.nn.text import CaptionConditioned, CaptionTokenizer, TextEncoder
@@ -155,13 +155,9 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
         guidance: float = 4.0,
     ) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        check_choice("backbone", backbone, BACKBONES)
         check_options(prediction=prediction)
-        if time_sampler not in TIME_SAMPLERS:
-            raise ValueError(
-                f"unknown time_sampler {time_sampler!r}; choose one of {', '.join(TIME_SAMPLERS)}"
-            )
+        check_choice("time_sampler", time_sampler, tuple(TIME_SAMPLERS))
         sampler = check_objective(objective, sampler)
         if first_stage_config is None:
             first_stage_config = first_stage_hparams(first_stage, in_channels, image_size, "ldm")

@@ -88,6 +88,13 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
+    """A family's check of a string hyper-parameter: a ValueError naming the choices (zoo.fit prints it as
+    one usage line)."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
 def build_module(cls: type[T], /, **kwargs: Any) -> T:
     """`cls(**kwargs)` for a LightningModule built inside another one's `__init__` (ldm's frozen vae),
     so that it records its own hyper-parameters. Two Lightning mechanisms would otherwise hand it the
