@@ -11,7 +11,8 @@ Two stages, as in the paper (which used Stable Diffusion's VAE):
 
 The objective is the paper's by default (`objective: diffusion`): ε prediction on a linear schedule of
 1,000 steps. `objective: flow` trains the same network as a rectified flow (SiT's and SD3's choice) and
-samples it with an ODE solver; `zoo.diffusion.objectives` holds both. Not here: DiT's learned variance
+samples it with an ODE solver; `zoo.diffusion.objectives` holds both. The recipe (`configs/dit/default.yaml`)
+trains the flow: in its 2,000 steps the paper's objective drew blobs (benchmarks/RESULTS.md, `dit`). Not here: DiT's learned variance
 (`learn_sigma` and the hybrid loss with the variational bound); zoo's samplers use fixed variances.
 
 `python -m zoo.fit --model dit` with no `--model.first_stage` trains the first stage itself first, in

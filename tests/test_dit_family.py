@@ -25,6 +25,7 @@ TINY = [
     "--model.first_stage_config", '{"in_channels": 3, "image_size": 16, "latent_channels": 4, "downsample_factor": 4, "base_channels": 8}',
     "--model.patch_size", "1", "--model.dit_width", "32", "--model.dit_depth", "2", "--model.num_heads", "2",
     "--model.lr", "0.003", "--model.warmup_steps", "10", "--model.sampling_steps", "4",
+    "--model.objective", "diffusion", "--model.sampler", "null",  # the paper's objective (the recipe's is flow)
     "--trainer.max_steps", "120",
     "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "null",
     "--trainer.check_val_every_n_epoch", "100", "--trainer.enable_progress_bar", "false",
