@@ -84,6 +84,7 @@ def measure(model: torch.nn.Module, sampling: dict, args: argparse.Namespace, ou
     print("| category | accuracy |\n|---|---|")
     for name, value in report.items():
         print(f"| {name} | {value:.3f} |")
+    failure_modes(model, sampling, args, out)
 
     if args.fid_num > 0:
         size = hp.image_size
@@ -106,6 +107,44 @@ def measure(model: torch.nn.Module, sampling: dict, args: argparse.Namespace, ou
         print(f"FID (zoo shapes extractor, {args.fid_num} samples): {fid:.3f}; real-vs-real baseline {baseline:.3f}; "
               f"ratio {fid / baseline:.2f}")  # fmt: skip
         save_grid(fakes[:64], out / "fid_samples.png", nrow=8)
+
+
+def failure_modes(model: torch.nn.Module, sampling: dict, args: argparse.Namespace, out: Path) -> None:
+    """How multi-object samples fail, by what the judge found in them: the wrong number of objects; the
+    right number, but a colour or shape that was not asked for (or the asked ones mixed up); the asked
+    objects, but the wrong relation."""
+    specs = [s for s in geneval_prompts() if s.category in ("position", "counting")]
+    specs = [s for s in specs if s.category in args.categories.split(",")]
+    if not specs:
+        return
+    judge = shapes_judge(model.hparams.image_size)
+    prompts = [s.text for s in specs for _ in range(args.per_prompt)]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.cat([model.generate(len(prompts[i : i + 64]), condition=prompts[i : i + 64], generator=generator,
+                                       **sampling) for i in range(0, len(prompts), 64)])  # fmt: skip
+    first = [i for i, s in enumerate(specs) if s.category == "position"][:8]  # rows: the first 8 pair prompts
+    grid = torch.cat([images[i * args.per_prompt : (i + 1) * args.per_prompt][:8] for i in first])
+    print(f"two-object grid ({'; '.join(specs[i].text for i in first)}): "
+          f"{save_grid(grid, out / 'two_object_prompts.png', nrow=min(8, args.per_prompt))}")  # fmt: skip
+    rows: dict[str, list[str]] = {}
+    for i, objects in enumerate(judge.detect(images)):
+        spec = specs[i // args.per_prompt]
+        asked, seen = sorted(spec.objects), sorted((o.color, o.shape) for o in objects)
+        if len(objects) != len(asked):
+            mode = f"{len(objects)} objects" if len(objects) < 4 else "4+ objects"
+        elif sorted(c for c, _ in seen) != sorted(c for c, _ in asked):
+            mode = "a colour not asked for"
+        elif seen != asked:
+            mode = "asked colours, a wrong shape"
+        elif spec.category == "position" and not judge.judge(spec, objects)["correct"]:
+            mode = "asked objects, wrong relation"
+        else:
+            mode = "right"
+        rows.setdefault(spec.category, []).append(mode)
+    print("failure modes (share of samples):")
+    for category, modes in rows.items():
+        counts = {m: modes.count(m) / len(modes) for m in sorted(set(modes))}
+        print(f"- {category}: " + ", ".join(f"{m} {v:.3f}" for m, v in counts.items()))
 
 
 if __name__ == "__main__":

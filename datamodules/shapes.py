@@ -226,12 +226,37 @@ def parse_caption(text: str) -> list[tuple[str, str, str]] | None:
     return objects
 
 
+def check_object_counts(
+    min_objects: int, max_objects: int, object_weights: list[float] | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """None for a uniform number of objects, else (the counts, their probabilities)."""
+    if not 1 <= min_objects <= max_objects:
+        raise DataError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+    if object_weights is None:
+        return None
+    counts = np.arange(min_objects, max_objects + 1)
+    weights = np.asarray(object_weights, dtype=np.float64)
+    if weights.shape != counts.shape or (weights < 0).any() or weights.sum() <= 0:
+        raise DataError(
+            f"object_weights needs {len(counts)} non-negative weights, one for each count "
+            f"{min_objects}..{max_objects}, not all zero; got {list(object_weights)}"
+        )
+    return counts, weights / weights.sum()
+
+
 def render_shapes(
-    num: int, *, image_size: int = 32, min_objects: int = 1, max_objects: int = 1, seed: int = 0
+    num: int,
+    *,
+    image_size: int = 32,
+    min_objects: int = 1,
+    max_objects: int = 1,
+    object_weights: list[float] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Render `num` images of min_objects..max_objects non-overlapping coloured shapes on black.
 
-    Deterministic for a seed. Returns a dict of numpy arrays (K = max_objects; absent objects are -1,
+    The number of objects of an image is uniform over min_objects..max_objects, or drawn with the
+    relative `object_weights` (one per count, in order). Deterministic for a seed. Returns a dict of numpy arrays (K = max_objects; absent objects are -1,
     or zeros in masks):
 
     - `images` uint8 (num, S, S, 3) RGB
@@ -244,8 +269,7 @@ def render_shapes(
     - `captions`: a list of `num` strings (see `caption_for`)
     """
     check_image_args(image_size, 3, min_size=8)
-    if not 1 <= min_objects <= max_objects:
-        raise DataError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+    counts = check_object_counts(min_objects, max_objects, object_weights)
     rng = np.random.default_rng(seed)
     size, k_max = image_size, max_objects
     alphas = np.zeros((num, k_max, size, size), dtype=np.uint8)
@@ -258,7 +282,11 @@ def render_shapes(
     captions: list[str] = []
     big = size * SUPERSAMPLE
     for i in range(num):
-        count = int(rng.integers(min_objects, max_objects + 1))
+        count = int(
+            rng.integers(min_objects, max_objects + 1)
+            if counts is None
+            else rng.choice(counts[0], p=counts[1])
+        )
         objects, object_alphas = _sample_scene(rng, count, size)
         outline = Image.new("L", (big, big), 0)
         draw = ImageDraw.Draw(outline)
@@ -326,10 +354,26 @@ def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
 class ShapesDataset(Dataset):
     """Items of `render_shapes` output as batch dictionaries; arrays stay uint8 until an item is asked for."""
 
-    def __init__(self, data: dict[str, Any], channels: int = 3) -> None:
+    def __init__(self, data: dict[str, Any], channels: int = 3, shuffle_captions: bool = False) -> None:
         self.data = data
         self.images = data["images"] if channels == 3 else rgb_to_grey(data["images"])
         self.labels = data["colors"][:, 0] * len(SHAPE_NAMES) + data["shapes"][:, 0]
+        self.shuffle_captions = shuffle_captions
+
+    def _caption(self, index: int) -> str:
+        """The stored caption, or (shuffle_captions) the scene's objects named in a random order: another
+        true sentence of the grammar ("A left of B" read as "B right of A"). Drawn from torch's global
+        generator, which zoo checkpoints, so a resumed run names them as the uninterrupted one would."""
+        data = self.data
+        count = int(data["num_objects"][index])
+        if not self.shuffle_captions or count == 1:
+            return data["captions"][index]
+        objects = [
+            ShapeObject(int(data["shapes"][index, k]), int(data["colors"][index, k]), int(data["sizes"][index, k]),
+                        *map(float, data["centers"][index, k]), float(data["scales"][index, k]), 0.0)
+            for k in range(count)
+        ]  # fmt: skip
+        return caption_for([objects[k] for k in torch.randperm(count).tolist()])
 
     def __len__(self) -> int:
         return len(self.images)
@@ -338,7 +382,7 @@ class ShapesDataset(Dataset):
         data = self.data
         return {
             "image": uint8_to_signed(self.images[index]),
-            "caption": data["captions"][index],
+            "caption": self._caption(index),
             "label": torch.tensor(self.labels[index], dtype=torch.int64),
             "num_objects": torch.tensor(data["num_objects"][index], dtype=torch.int64),
             "colors": torch.tensor(data["colors"][index], dtype=torch.int64),
@@ -381,6 +425,11 @@ class ShapesDataModule(ZooDataModule):
         channels: 3 (RGB) or 1 (luma); zoo.fit links model.in_channels to it.
         min_objects: fewest shapes in an image, at least 1.
         max_objects: most shapes in an image, at least min_objects.
+        object_weights: relative frequencies of min_objects..max_objects shapes (one weight each);
+            null: uniform.
+        shuffle_captions: training split only: each time an image is read, its objects are named in a
+            random order ("a red circle left of a blue square" or "a blue square right of a red circle"),
+            so the text encoder learns that both say the same; val and test keep their fixed captions.
         num_train: training images.
         num_val: validation images.
         num_test: test images.
@@ -395,6 +444,8 @@ class ShapesDataModule(ZooDataModule):
         channels: int = 3,
         min_objects: int = 1,
         max_objects: int = 1,
+        object_weights: list[float] | None = None,
+        shuffle_captions: bool = False,
         num_train: int = 10000,
         num_val: int = 500,
         num_test: int = 500,
@@ -405,8 +456,7 @@ class ShapesDataModule(ZooDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()  # recorded in checkpoints, so evaluation can rebuild the data
         check_image_args(image_size, channels, min_size=8)
-        if not 1 <= min_objects <= max_objects:
-            raise DataError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+        check_object_counts(min_objects, max_objects, object_weights)
         if min(num_train, num_val, num_test) < 1:
             raise DataError(
                 f"num_train, num_val and num_test must be at least 1, got {num_train}, {num_val}, {num_test}"
@@ -415,6 +465,8 @@ class ShapesDataModule(ZooDataModule):
         self.channels = channels
         self.min_objects = min_objects
         self.max_objects = max_objects
+        self.object_weights = object_weights
+        self.shuffle_captions = shuffle_captions
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.class_names = class_names()
         self.num_classes = len(self.class_names)
@@ -428,6 +480,7 @@ class ShapesDataModule(ZooDataModule):
                 image_size=self.image_size,
                 min_objects=self.min_objects,
                 max_objects=self.max_objects,
+                object_weights=self.object_weights,
                 seed=derived_seed(self.seed, split, round_),
             )
             keys = [hash(image.tobytes()) for image in data["images"]]
@@ -448,4 +501,7 @@ class ShapesDataModule(ZooDataModule):
             self._render(num, split, seen)
             for split, num in enumerate((self.num_train, self.num_val, self.num_test))
         ]
-        self.train_set, self.val_set, self.test_set = (ShapesDataset(data, self.channels) for data in splits)
+        self.train_set, self.val_set, self.test_set = (
+            ShapesDataset(data, self.channels, shuffle_captions=self.shuffle_captions and i == 0)
+            for i, data in enumerate(splits)
+        )

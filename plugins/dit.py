@@ -165,7 +165,7 @@ class LatentDiT(FirstStageFamily, GenerativeModule):
         with torch.no_grad():
             # a posterior draw while training, as the paper's VAE latents; validation uses the mean
             # (no draws from the global generator, which exact resumption relies on)
-            z0 = self.first_stage.encode_latents(batch["image"], sample=self.training and generator is None)
+            z0 = self.training_latents(batch["image"], sample=self.training and generator is None)
         label = None
         if self.conditional:
             label = batch["label"]

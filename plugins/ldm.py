@@ -87,6 +87,8 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
         attention_levels: U-Net levels (indices into channel_mults) with self- and cross-attention; the middle has both.
         num_heads: U-Net attention heads; must divide the widths of the attention levels and the deepest.
         dropout: dropout probability inside the U-Net's ResBlocks.
+        coordinates: U-Net: each latent cell's x and y as two more input channels (CoordConv), so that
+            cross-attention knows where "left of" and "above" are (its attention has no positions).
         patch_size: DiT patch side in latent cells; must divide the latent size (image_size / 4 by default).
         dit_width: DiT hidden size (a multiple of num_heads).
         dit_depth: DiT blocks.
@@ -137,6 +139,7 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
         attention_levels: tuple[int, ...] = (0, 1),
         num_heads: int = 4,
         dropout: float = 0.0,
+        coordinates: bool = False,
         patch_size: int = 2,
         dit_width: int = 256,
         dit_depth: int = 6,
@@ -210,6 +213,7 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
                 dropout=dropout,
                 context_dim=context_dim,
                 pooled_dim=context_dim,
+                coordinates=coordinates,
             )
         else:
             self.dit = DiT(
@@ -276,7 +280,7 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
         captions = self._drop_captions(batch["caption"], generator)
         with torch.no_grad():
             # a posterior draw, as Stable Diffusion trains; validation uses the mean (no global draws)
-            z0 = self.first_stage.encode_latents(images, sample=self.training and generator is None)
+            z0 = self.training_latents(images, sample=self.training and generator is None)
         text = self.encode_text(captions)
         return objective_loss(
             lambda x_t, t: self._unet(x_t, t, text), z0, self.hparams, self.schedule, generator

@@ -292,6 +292,11 @@ class VideoDiffusion(CaptionConditioned, GenerativeModule):
                 f"{ldm.hparams.objective}; video_diffusion inflates a U-Net trained with the diffusion objective "
                 "(the default ldm recipe)"
             )
+        if ldm.hparams.get("coordinates", False):
+            raise ValueError(
+                f"image_model '{path}' is an ldm whose U-Net reads coordinate channels (coordinates: true); "
+                "video_diffusion inflates one without them: train the ldm with --model.coordinates false"
+            )
         names = ("text_width", "text_depth", "text_heads", "max_length", "vocab_size", "base_channels",
                  "channel_mults", "num_res_blocks", "attention_levels", "num_heads")  # fmt: skip
         differ = [n for n in names if tuple(_as_tuple(ldm.hparams[n])) != tuple(_as_tuple(self.hparams[n]))]

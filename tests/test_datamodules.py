@@ -24,6 +24,7 @@ from zoo.data import ZooDataModule
 from zoo.datamodules.digits import DigitsDataModule
 from zoo.datamodules.image_folder import ImageFolderDataModule
 from zoo.datamodules.shapes import ShapesDataModule, render_shapes
+from zoo.errors import DataError
 
 
 def first_batch(dm: ZooDataModule) -> dict:
@@ -156,6 +157,49 @@ def parse_caption(caption: str) -> tuple[list[tuple[bool, str, str]], str | None
 
 def hue_of(rgb: np.ndarray) -> float:
     return colorsys.rgb_to_hsv(*(rgb / 255.0))[0] * 360.0
+
+
+def test_shapes_object_weights_set_the_mix_of_object_counts():
+    data = render_shapes(600, image_size=24, min_objects=1, max_objects=3, object_weights=[1, 0, 3], seed=3)
+    counts = np.bincount(data["num_objects"], minlength=4)
+    assert counts[2] == 0 and counts[0] == 0
+    assert 0.68 < counts[3] / 600 < 0.82, counts  # 3/4 expected; binomial sd 0.018
+    with pytest.raises(DataError, match="object_weights needs 3 non-negative weights"):
+        ShapesDataModule(max_objects=3, object_weights=[1, 1])
+
+
+def test_shapes_shuffled_captions_are_other_true_sentences_of_the_scene():
+    from zoo.datamodules.shapes import COLOR_NAMES, RELATIONS, SHAPE_NAMES, parse_caption, relation
+
+    dm = ShapesDataModule(max_objects=3, shuffle_captions=True, num_train=60, num_val=20, num_test=1, seed=2)
+    dm.setup()
+    torch.manual_seed(0)
+    seen_orders, data = set(), dm.train_set.data
+    for i in range(60):
+        captions = {dm.train_set[i]["caption"] for _ in range(12)}
+        count = int(data["num_objects"][i])
+        assert (len(captions) > 1) == (count > 1), captions  # 12 draws: both orders of a pair, nearly surely
+        for caption in captions:
+            objects = parse_caption(caption)
+            assert sorted(objects) == sorted(parse_caption(data["captions"][i])), (
+                caption,
+                data["captions"][i],
+            )
+            if count == 2:  # the relation said between the named objects is the one their centres have
+                named = [(c, sh) for _, c, sh in objects]
+                stored = [
+                    (COLOR_NAMES[data["colors"][i, k]], SHAPE_NAMES[data["shapes"][i, k]]) for k in range(2)
+                ]
+                if stored[0] == stored[1]:
+                    continue
+                first = stored.index(named[0])
+                said = next(r for r in RELATIONS if f" {r} " in caption)
+                assert said == relation(
+                    tuple(data["centers"][i, first]), tuple(data["centers"][i, 1 - first])
+                )
+                seen_orders.add(first)
+    assert seen_orders == {0, 1}
+    assert all(dm.val_set[i]["caption"] == dm.val_set.data["captions"][i] for i in range(20))  # fixed
 
 
 def test_shapes_captions_describe_the_pixels():

@@ -143,3 +143,43 @@ def test_video_diffusion_takes_its_first_stage_without_importing_ldm(checkpoints
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "zoo.plugins.ldm" not in result.stdout
+
+
+def test_posterior_cache_gives_the_encoders_latents_and_encodes_each_image_once():
+    """Cached or not, the latents are `encode_latents`' own (the mean exactly; a draw from the same random
+    stream); a second pass over the same images calls the encoder for none of them; a changed image misses."""
+    from zoo.first_stage import PosteriorCache
+
+    vae = build_first_stage({"latent_channels": 4, "downsample_factor": 4, "base_channels": 8}).eval()
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    torch.manual_seed(3)
+    expected = {sample: vae.encode_latents(images, sample=sample) for sample in (False, True)}
+    cache, encoded = PosteriorCache(), []
+    encode = vae.encode
+    vae.encode = lambda x: encoded.append(len(x)) or encode(x)
+    for _ in range(2):  # the first pass fills the cache, the second reads it
+        torch.manual_seed(3)
+        for sample in (False, True):
+            torch.testing.assert_close(cache.latents(vae, images, sample=sample), expected[sample])
+    assert encoded == [6]
+    changed = images.clone()
+    changed[2] += 0.01
+    cache.latents(vae, changed, sample=False)
+    assert encoded == [6, 1]
+
+
+def test_max_time_is_the_budget_of_both_stages(tmp_path):
+    """With --trainer.max_time, the first stage may take at most half of it, and the time it took is
+    charged to the family's Timer (saved in its state, as a resumed run's would be)."""
+    from zoo.first_stage import _charge_first_stage_to_timer, _stage_trainer, _time_budget
+
+    trainer = L.Trainer(max_time={"minutes": 10}, logger=False, enable_checkpointing=False,
+                        default_root_dir=str(tmp_path))  # fmt: skip
+    timer, seconds = _time_budget(trainer)
+    assert seconds == 600
+    _charge_first_stage_to_timer(trainer, 90.0)
+    assert timer.time_remaining() == pytest.approx(510.0)
+    assert timer.state_dict()["time_elapsed"]["train"] == pytest.approx(90.0)
+    stage = _stage_trainer(trainer, tmp_path / "first_stage", steps=5, max_seconds=300.0)
+    assert _time_budget(stage)[1] == 300.0
+    assert _time_budget(L.Trainer(logger=False, enable_checkpointing=False)) is None

@@ -480,21 +480,31 @@ def test_an_ldm_inflates_into_a_video_model_that_reproduces_it_frame_by_frame(in
     assert rebuilt.hparams.first_stage_config == video.hparams.first_stage_config
 
 
-def test_an_ldm_with_a_dit_or_the_flow_objective_is_refused_for_inflation(in_tmp):
+@pytest.mark.parametrize(
+    "network, refusal",
+    [
+        (["--recipe", "dit_flow", "--model.dit_width", "16", "--model.dit_depth", "1"],
+         "backbone dit and objective flow; video_diffusion inflates a U-Net"),
+        (["--model.coordinates", "true", "--model.base_channels", "16", "--model.num_res_blocks", "1"],
+         "reads coordinate channels"),
+    ],
+    ids=["dit_flow", "coordinates"],
+)  # fmt: skip
+def test_an_ldm_video_diffusion_cannot_inflate_is_refused(in_tmp, network, refusal):
     from conftest import run_fit
     from zoo.plugins.video_diffusion import VideoDiffusion
 
     cli = run_fit(
-        "--model", "ldm", "--recipe", "dit_flow", "--logger", "none", "--data.image_size", "16",
+        "--model", "ldm", *network, "--logger", "none", "--data.image_size", "16",
         "--data.num_train", "16", "--data.num_val", "8", "--data.num_test", "8", "--data.batch_size", "8",
         "--model.first_stage_steps", "1", "--model.first_stage_config", '{"in_channels": 3, "image_size": 16, '
-        '"latent_channels": 4, "downsample_factor": 4, "base_channels": 8}', "--model.dit_width", "16",
-        "--model.dit_depth", "1", "--model.num_heads", "2", "--model.text_width", "16", "--model.vocab_size", "300",
+        '"latent_channels": 4, "downsample_factor": 4, "base_channels": 8}',
+        "--model.num_heads", "2", "--model.text_width", "16", "--model.vocab_size", "300",
         "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks", "[]", "--samples.num_samples", "0",
     )  # fmt: skip
     ckpt = Path(cli.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-    with pytest.raises(ValueError, match="backbone dit and objective flow; video_diffusion inflates a U-Net"):
+    with pytest.raises(ValueError, match=refusal):
         VideoDiffusion(in_channels=3, image_size=16, frames=3, image_model=str(ckpt), text_width=16,
                        vocab_size=300)  # fmt: skip
 

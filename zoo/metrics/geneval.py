@@ -29,6 +29,7 @@ image. Its own accuracy on real held-out scenes is measured when it is trained a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import json
@@ -54,8 +55,10 @@ MIN_OBJECT_PIXELS = 6  # smaller same-colour regions are speckle, not objects
 CATEGORIES = ("single_object", "two_objects", "position", "counting")
 
 
+@functools.cache
 def _shapes_module() -> Any:
-    # zoo/ reaches a datamodule only through the registry; the grammar lives beside ShapesDataModule
+    # zoo/ reaches a datamodule only through the registry (a lookup of entry points: slow, so once); the
+    # grammar lives beside ShapesDataModule
     return importlib.import_module(registry.get_datamodule_class("shapes").__module__)
 
 
@@ -308,6 +311,43 @@ def judge_accuracy(judge: ShapesJudge, split: Any) -> dict[str, float]:
     if relation_right:
         report["relation"] = float(np.mean(relation_right))
     return report
+
+
+def scene_spec(scene: list[tuple[int, int, float, float]]) -> list[PromptSpec]:
+    """The GenEval prompts a real scene (colour, shape, cx, cy per object) answers, as `geneval_prompts`
+    words them: one object: single_object; two of different colours: two_objects and position (the
+    relation from the centres); three of different colours: counting. Other scenes: none."""
+    grammar = _shapes_module()
+    colors, shapes = grammar.COLOR_NAMES, grammar.SHAPE_NAMES
+    objects = tuple((c, s) for c, s, _, _ in scene)
+    phrases = [_phrase(colors[c], shapes[s]) for c, s in objects]
+    if len(scene) == 1:
+        return [PromptSpec(phrases[0], "single_object", objects)]
+    if len({c for c, _ in objects}) < len(objects):
+        return []  # geneval's prompts never repeat a colour (the judge tells objects apart by colour)
+    if len(scene) == 2:
+        relation = grammar.relation(scene[0][2:], scene[1][2:])
+        text = f"{phrases[0]} {relation} {phrases[1]}"
+        return [PromptSpec(text, c, objects, relation) for c in ("two_objects", "position")]
+    if len(scene) == 3:
+        return [PromptSpec(f"{phrases[0]}, {phrases[1]} and {phrases[2]}", "counting", objects)]
+    return []
+
+
+def real_scene_accuracy(
+    judge: ShapesJudge, images: torch.Tensor, scenes: list[list[tuple]]
+) -> dict[str, float]:
+    """The judge's score, per GenEval category, on real images (B, 3, H, W) in [0, 1] whose `scenes` are
+    known: each image taken as a sample for the prompt that describes it (`scene_spec`). A perfect
+    judge scores 1.0 in every category; images through a first stage (its reconstructions) measure
+    what that first stage leaves of a scene."""
+    results: dict[str, list[bool]] = {}
+    for scene, objects in zip(scenes, judge.detect(images), strict=True):
+        for spec in scene_spec(scene):
+            results.setdefault(spec.category, []).append(judge.judge(spec, objects)["correct"])
+    return {c: float(np.mean(results[c])) for c in CATEGORIES if c in results} | {
+        f"{c}_scenes": len(results[c]) for c in CATEGORIES if c in results
+    }
 
 
 def judge_path(image_size: int) -> Path:

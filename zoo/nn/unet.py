@@ -92,6 +92,14 @@ class CrossAttention(nn.Module):
         return x + rearrange(self.out(attended), "b (y x) c -> b c y x", y=height)
 
 
+def with_coordinates(x: torch.Tensor) -> torch.Tensor:
+    """`x` (B, C, H, W) with two more channels: each cell's x and y, from -1 (left, top) to 1."""
+    ys = torch.linspace(-1, 1, x.shape[-2], device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, x.shape[-1], device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W): x, then y
+    return torch.cat([x, grid.expand(len(x), -1, -1, -1)], dim=1)
+
+
 class UNet(nn.Module):
     """Noise-prediction U-Net over (B, C, H, W); see the module docstring."""
 
@@ -108,9 +116,14 @@ class UNet(nn.Module):
         num_classes: int = 0,
         context_dim: int | None = None,
         pooled_dim: int | None = None,
+        coordinates: bool = False,
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
+        # CoordConv (Liu et al. 2018): each cell's x and y as two more input channels. Attention has no
+        # positions of its own here, so without them where a cell is reaches it only through the zero
+        # padding of the convolutions; a caption's "left of" needs to know.
+        self.coordinates = coordinates
         embed_dim = 4 * base_channels
         self.base_channels = base_channels
         self.num_classes = num_classes
@@ -128,7 +141,7 @@ class UNet(nn.Module):
             return blocks
 
         widths = [base_channels * m for m in channel_mults]
-        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + 2 * coordinates, widths[0], 3, padding=1)
         self.down = nn.ModuleList()
         skips = [widths[0]]
         channels = widths[0]
@@ -180,7 +193,7 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(len(x))
         embedding = self.embed(t, label, pooled)
-        h = self.conv_in(x)
+        h = self.conv_in(with_coordinates(x) if self.coordinates else x)
         hs = [h]
         for blocks in self.down:
             h = self._run(blocks, h, embedding, context, context_mask)
