@@ -6,7 +6,8 @@
 - Prompt adherence: `zoo.metrics.geneval` (the judge is trained on real shapes scenes only; its
   held-out accuracy is printed), per category, with the checkpoint's default sampler.
 - FID with the zoo-trained `shapes` feature extractor: `--fid-num` samples for the captions of the
-  real test split (so both sides have the same caption distribution) against the test split, and
+  real test split (so both sides have the same caption distribution; the scenes, 1 or 1-3 objects, of the
+  data the checkpoint was trained on) against the test split, and
   the real-vs-real baseline at the same count (the train split against the test split).
 - Sampling time: a batch of 16 with guidance, with the sampling options measured.
 Each step count of --steps is measured in turn; a grid of the single-object prompts goes to --out/steps<N>/.
@@ -22,6 +23,7 @@ import torch
 
 import zoo
 from zoo.checkpoint import load_model
+from zoo.evaluate import data_of_checkpoint
 from zoo.io.images import save_grid
 from zoo.metrics import frechet_distance, image_extractor
 from zoo.metrics.geneval import CATEGORIES, geneval, geneval_prompts, shapes_judge
@@ -88,8 +90,12 @@ def measure(model: torch.nn.Module, sampling: dict, args: argparse.Namespace, ou
 
     if args.fid_num > 0:
         size = hp.image_size
+        # the scenes the checkpoint trained on (1-3 objects for the default recipe), other splits' sizes
+        checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+        _, data_args = data_of_checkpoint(checkpoint, model)
+        scenes = {k: data_args[k] for k in ("min_objects", "max_objects", "object_weights") if k in data_args}
         data = zoo.create_datamodule(
-            "shapes", image_size=size, num_test=args.fid_num, num_train=max(args.fid_num, 2000)
+            "shapes", image_size=size, num_test=args.fid_num, num_train=max(args.fid_num, 2000), **scenes
         )
         data.setup()
         real_test = torch.stack([data.test_set[i]["image"] for i in range(args.fid_num)]).add(1).div(2)
