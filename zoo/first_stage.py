@@ -192,10 +192,11 @@ class PosteriorCache:
     stream as without the cache. On the CPU this saves the encoder's forward pass, about a fifth of an
     ldm step (benchmarks/RESULTS.md). Images that change from epoch to epoch (random augmentation) miss
     and are encoded as before. Not used on accelerators, where the encoder is cheap and hashing would
-    copy every batch to the host. Bounded: past `max_items` images it stops adding."""
+    copy every batch to the host. Bounded: past `max_bytes` of posteriors it stops adding."""
 
-    def __init__(self, max_items: int = 200_000) -> None:
-        self.max_items = max_items
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.moments: dict[bytes, torch.Tensor] = {}  # (2, C, h, w): mean and log-variance
 
     @torch.no_grad()
@@ -209,8 +210,9 @@ class PosteriorCache:
         if missing:
             mean, logvar = vae.encode(images[missing])
             for i, m, v in zip(missing, mean, logvar, strict=True):
-                if len(self.moments) < self.max_items:
+                if self.bytes + 2 * m.nbytes <= self.max_bytes:
                     self.moments[keys[i]] = torch.stack([m, v])
+                    self.bytes += 2 * m.nbytes
             fresh = dict(zip(missing, torch.stack([mean, logvar], 1), strict=True))
         else:
             fresh = {}
