@@ -170,7 +170,7 @@ def _time_budget(trainer: L.Trainer) -> tuple[Any, float] | None:
     """The family trainer's `Timer` (Lightning's, from `--trainer.max_time`) and its duration in seconds."""
     from lightning.pytorch.callbacks import Timer
 
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    timer = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, Timer)), None)
     duration = None if timer is None else timer._duration  # Timer has no public reader of its duration
     return None if duration is None else (timer, float(duration))
 
