@@ -35,7 +35,7 @@ from einops import rearrange
 from torch import nn
 
 from zoo.nn.embeddings import rotary_embedding, sinusoidal_embedding
-from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet
+from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet, with_coordinates
 
 __all__ = ["TemporalAttention", "VideoUNet", "inflate_image_unet", "rotary_embedding"]
 
@@ -192,7 +192,8 @@ class VideoUNet(nn.Module):
         if self.frame_embedding is not None:
             index = sinusoidal_embedding(torch.arange(frames, device=x.device), embedding.shape[-1])
             embedding = embedding + self.frame_embedding(index.to(embedding.dtype)).repeat(b, 1)
-        h = net.conv_in(x.flatten(0, 1))
+        frames_in = x.flatten(0, 1)
+        h = net.conv_in(with_coordinates(frames_in) if net.coordinates else frames_in)
         hs = [h]
         for blocks, temporal in zip(net.down, self.temporal_down, strict=True):
             h = self._group(blocks, temporal, h, embedding, context, context_mask, frames)
@@ -264,7 +265,8 @@ def unet_arguments(net: UNet) -> dict[str, Any]:
     attention = next(b for b in net.mid if isinstance(b, SelfAttention))
     cross = next((b for b in net.mid if isinstance(b, CrossAttention)), None)
     return {
-        "in_channels": net.conv_in.in_channels,
+        "in_channels": net.conv_in.in_channels - 2 * net.coordinates,
+        "coordinates": net.coordinates,
         "out_channels": net.conv_out.out_channels,
         "base_channels": net.base_channels,
         "channel_mults": tuple(w // net.base_channels for w in widths),
