@@ -59,6 +59,10 @@ FAMILY_FLAGS: dict[str, list[str]] = {
         "--model.base_channels", "8", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
         "--model.num_train_timesteps", "100", "--model.sampling_steps", "2",
     ],
+    "consistency": [
+        "--model.base_channels", "8", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
+        "--model.num_heads", "2", "--model.curriculum_steps", "2",
+    ],
     "flow_matching": [
         "--model.base_channels", "8", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
         "--model.num_heads", "2", "--model.sampling_steps", "2",

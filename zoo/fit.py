@@ -228,7 +228,59 @@ def _logger_config(logger: str) -> Any:
     return {"class_path": LOGGERS[logger], "init_args": init_args}
 
 
-def _family_and_data(known: argparse.Namespace) -> tuple[type, str, type]:
+def parent_flag_value(model_class: type, args: Sequence[str]) -> tuple[str, str] | None:
+    """(flag, path) of the checkpoint a family is built on (`built_on = "teacher"` reads `--model.teacher`,
+    "base" `--model.base`) when the command line gives one, else None."""
+    built_on = getattr(model_class, "built_on", None)
+    if not built_on:
+        return None
+    flag = f"--model.{built_on}"
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return None if value in (None, "", "null", "None") else (flag, value)
+
+
+def _data_of_parent(model_class: type, args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
+    """The datamodule name and arguments of the checkpoint the family is built on (DESIGN: the data comes
+    from the teacher's or base's checkpoint unless --data is given); None without one."""
+    parent = parent_flag_value(model_class, args)
+    if parent is None:
+        return None
+    from zoo.checkpoint import CheckpointError, read_checkpoint
+    from zoo.evaluate import data_of_checkpoint
+
+    flag, path = parent
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as err:
+        raise UsageError(f"{flag}: {err}") from err
+    try:
+        return data_of_checkpoint(checkpoint, model_class)
+    except ValueError as err:
+        raise UsageError(f"{flag} {path}: {err}") from err
+
+
+def _parent_data_config(data_class: type, hparams: dict[str, Any]) -> str:
+    """A config file `data: {...}` with the parent's datamodule arguments that `data_class` takes, read after
+    the recipe (so the parent's image size wins over the family's default) and before the command line."""
+    import yaml
+
+    accepted = _init_params(data_class)
+    data = {k: v for k, v in hparams.items() if k in accepted}
+    handle, name = tempfile.mkstemp(prefix="zoo-parent-data-", suffix=".yaml")
+    with os.fdopen(handle, "w") as file:
+        yaml.safe_dump({"data": data}, file)
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))
+    return name
+
+
+def _family_and_data(
+    known: argparse.Namespace, parent_data: tuple[str, dict[str, Any]] | None = None
+) -> tuple[type, str, type]:
     if known.model is None:
         raise UsageError(
             "--model NAME is required. Installed families: "
@@ -236,7 +288,8 @@ def _family_and_data(known: argparse.Namespace) -> tuple[type, str, type]:
         )
     try:
         model_class = registry.get_model_class(known.model)
-        data_name = known.data or getattr(model_class, "default_data", None)
+        parent_name = parent_data[0] if parent_data else None
+        data_name = known.data or parent_name or getattr(model_class, "default_data", None)
         if not data_name:
             raise UsageError(f"model '{known.model}' names no default datamodule: pass --data NAME")
         data_class = registry.get_datamodule_class(data_name)
@@ -264,7 +317,12 @@ def main(argv: Sequence[str] | None = None, *, run: bool = True) -> Any:
             print("\nWith --model NAME, --help lists the arguments of that family and its datamodule.")
             return None
         model_class, data_name, data_class = _family_and_data(known)
+        parent_data = None if known.data else _data_of_parent(model_class, rest)
+        if parent_data is not None:
+            model_class, data_name, data_class = _family_and_data(known, parent_data)
         config_files = _recipe_files(known, model_class, data_name, data_class)
+        if parent_data is not None:
+            config_files.append(_parent_data_config(data_class, parent_data[1]))
         if known.help:
             from zoo.fit_help import print_family_help
 

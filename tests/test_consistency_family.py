@@ -1,0 +1,190 @@
+"""`consistency`: the family over `zoo.diffusion.consistency` (tested against diffusers and closed forms in
+test_consistency.py), through the real command line: distillation from `ddpm` and `flow_matching`
+teachers, training from scratch, the data taken from the teacher's checkpoint, exact resumption."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_fit
+from zoo.checkpoint import load_model
+from zoo.diffusion.consistency import ode_step
+
+QUIET = [
+    "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "null",
+    "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false", "--samples.num_samples", "0", "--logger", "none",
+]  # fmt: skip
+NET = ["--model.base_channels", "16", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]"]
+TEACHERS = {
+    "ddpm": ["--model.num_train_timesteps", "100", "--model.sampling_steps", "5"],
+    "flow_matching": ["--model.num_heads", "2"],
+}
+# a 12x12 teacher (not the recipes' 16) with batch 24: the student's data must come from its checkpoint
+TEACHER_DATA = ["--data.image_size", "12", "--data.batch_size", "24"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny ddpm and a tiny flow_matching checkpoint (12x12 digits, 300 steps: trained enough that its
+    one-step x0 guess at sigma_max, where a student starts, is far from its ODE's solution)."""
+    paths = {}
+    for family, flags in TEACHERS.items():
+        root = tmp_path_factory.mktemp(family)
+        cwd = os.getcwd()
+        os.chdir(root)
+        try:
+            cli = run_fit(
+                "--model",
+                family,
+                *NET,
+                *flags,
+                *TEACHER_DATA,
+                *QUIET,
+                "--model.lr",
+                "0.002",
+                "--trainer.max_steps",
+                "300",
+            )
+        finally:
+            os.chdir(cwd)
+        paths[family] = root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt"
+    return paths
+
+
+def _flow_map_error(student, steps: int = 60) -> float:
+    """Mean |f(x, sigma_max) - the student's teacher's own ODE solution from x| over a fixed batch, the
+    ODE solved with many Euler steps over the teacher's guided denoiser (what CD distils)."""
+    generator = torch.Generator().manual_seed(3)
+    label = torch.arange(8) % 10
+    levels = student.levels(steps)
+    x = torch.randn(8, 1, 12, 12, generator=generator) * levels[-1]
+    with torch.no_grad():
+        denoiser = student.teacher_denoiser(label)
+        y = x
+        for i in range(len(levels) - 1, 0, -1):
+            y = ode_step(denoiser, y, levels[i].expand(8), levels[i - 1].expand(8))
+        f = student.consistency(student.net, x, levels[-1].expand(8), label)
+    return (f - y).abs().mean().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ddpm", "flow_matching"])
+def test_distillation_through_the_cli_approaches_the_teachers_flow_map(in_tmp, teachers, family):
+    """`--recipe distill --model.teacher CKPT` alone: the student takes the teacher's network, weights and
+    data (12x12 digits, batch 24), records the teacher's sha256, and its one-step map moves towards the
+    teacher's ODE solution; the checkpoint samples in 1 and 2 steps with the teacher file gone."""
+    from zoo.evaluate import sha256_of
+    from zoo.plugins.consistency import Consistency
+    from zoo.sample import main as sample
+
+    teacher = in_tmp / "teacher.ckpt"
+    shutil.copy(teachers[family], teacher)
+    args = ["--model", "consistency", "--recipe", "distill", "--model.teacher", str(teacher), *QUIET]
+    untrained = Consistency(teacher=str(teacher))
+    cli = run_fit(*args, "--model.lr", "0.0003", "--model.warmup_steps", "5", "--trainer.max_steps", "100")
+    assert cli.datamodule.hparams.image_size == 12 and cli.datamodule.hparams.batch_size == 24
+    student = cli.model.eval()
+    assert student.hparams.teacher_family == family and student.hparams.teacher_sha256 == sha256_of(teacher)
+    before, after = _flow_map_error(untrained.eval()), _flow_map_error(student)
+    # measured: ddpm 3.82 -> 2.23; flow_matching 0.116 -> 0.106 (a straighter flow: its one-step guess starts
+    # closer to the ODE's solution)
+    assert after < {"ddpm": 0.8, "flow_matching": 0.95}[family] * before, (before, after)
+
+    teacher.unlink()
+    ckpt = Path(cli.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    model = load_model(ckpt)
+    for steps in (1, 2):
+        images = model.generate(
+            4, condition=[0, 1, 2, 3], steps=steps, generator=torch.Generator().manual_seed(0)
+        )
+        assert images.shape == (4, 1, 12, 12) and torch.isfinite(images).all()
+    assert sample(
+        ["--ckpt", str(ckpt), "--num", "2", "--label", "3", "--steps", "2", "--out", str(in_tmp / "out")]
+    )
+    with pytest.raises(ValueError, match="leave --guidance out"):
+        model.generate(2, condition=1, guidance=3.0)
+
+
+@pytest.mark.parametrize("family", ["ddpm", "flow_matching"])
+def test_a_distilled_student_starts_as_the_teachers_denoiser_and_keeps_the_boundary(teachers, family):
+    """f(x, sigma_min) = x exactly; at the start, wherever sigma >> sigma_min, f is the teacher's own x0
+    estimate (the student is the teacher's network, its denoiser in EDM's output scaling)."""
+    from zoo.plugins.consistency import Consistency
+
+    student = Consistency(teacher=str(teachers[family])).eval()
+    teacher = load_model(teachers[family])
+    x = torch.randn(4, 1, 12, 12)
+    label = torch.tensor([1, 2, 3, 4])
+    low = torch.full((4,), student.sigma_low)
+    assert torch.equal(student.consistency(student.net, x, low, label), x)
+    sigma = torch.full((4,), 20.0)
+    with torch.no_grad():
+        f = student.consistency(student.net, x * 20, sigma, label)
+        d = student.denoised(teacher, x * 20, sigma, label)
+    torch.testing.assert_close(f, d, atol=2e-3 * d.abs().max().item(), rtol=1e-3)
+
+
+def test_a_teacher_of_another_family_is_refused_in_one_line(in_tmp, teachers):
+    from zoo.checkpoint import CheckpointError
+    from zoo.plugins.consistency import Consistency
+
+    checkpoint = torch.load(teachers["ddpm"], weights_only=True)
+    checkpoint["zoo"]["model"] = "ldm"
+    wrong = in_tmp / "ldm.ckpt"
+    torch.save(checkpoint, wrong)
+    with pytest.raises(CheckpointError) as info:
+        Consistency(teacher=str(wrong))
+    assert str(info.value) == (
+        f"{wrong} is a `ldm` checkpoint; --model.teacher needs one of ddpm, flow_matching (an ldm teacher: --model lcm)"
+    )
+    with pytest.raises(SystemExit):
+        run_fit("--model", "consistency", "--model.teacher", str(in_tmp / "missing.ckpt"), *QUIET)
+
+
+CT = ["--model", "consistency", *NET, "--data.image_size", "8", "--data.batch_size", "16", *QUIET]
+
+
+def test_training_from_scratch_resumes_exactly(tmp_path):
+    """CT's state (the online and target networks, the curriculum's step) survives a resume: 3 + 3 steps
+    end where 6 steps do, weight for weight."""
+    flags = [
+        *CT,
+        "--model.curriculum_steps",
+        "6",
+        "--model.target_ema",
+        "null",
+        "--checkpoint.every_n_train_steps",
+        "3",
+    ]
+    full, half = tmp_path / "full", tmp_path / "half"
+    run_fit(*flags, "--trainer.max_steps", "6", "--trainer.default_root_dir", str(full))
+    run_fit(*flags, "--trainer.max_steps", "3", "--trainer.default_root_dir", str(half))
+    resumed = run_fit(*flags, "--trainer.max_steps", "6", "--trainer.default_root_dir", str(half),
+                      "--ckpt_path", str(half / "checkpoints" / "last.ckpt"))  # fmt: skip
+    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(half / "checkpoints" / "last.ckpt", weights_only=False)
+    assert b["global_step"] == 6 and a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert resumed.model.num_levels_at(6) == 161  # the curriculum's end (the recipe's s1 160)
+
+
+def test_sampling_levels_and_options():
+    from zoo.plugins.consistency import Consistency
+
+    model = Consistency(
+        curriculum="fixed", num_levels=18, base_channels=8, channel_mults=(1,), attention_levels=()
+    )
+    levels = model.levels(18)
+    torch.testing.assert_close(model.sampling_levels(1), levels[[17]])
+    torch.testing.assert_close(model.sampling_levels(2), levels[[17, 9]])
+    with pytest.raises(ValueError, match="between 1 and 17"):
+        model.sampling_levels(18)
+    with pytest.raises(ValueError, match="unknown curriculum 'cosine'; choose one of fixed, ct, ict"):
+        Consistency(curriculum="cosine")
