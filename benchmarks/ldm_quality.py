@@ -43,11 +43,12 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/ldm")
     args = parser.parse_args()
     model = load_model(args.ckpt)
-    hp = model.hparams
+    hp = getattr(model, "student", model).hparams  # an lcm checkpoint: its ldm's image size and channels
+    own = model.hparams
     step_counts = [None] if args.steps is None else [int(s) for s in args.steps.split(",")]
     judge = shapes_judge(hp.image_size)
     print(f"checkpoint {args.ckpt}: {hp.get('backbone', 'unet')}, {hp.get('objective', 'diffusion')}; defaults "
-          f"{hp.sampler}, {hp.sampling_steps} steps, guidance {hp.guidance}")  # fmt: skip
+          f"{own.get('sampler', type(model).__name__)}, {own.sampling_steps} steps, guidance {own.guidance or hp.guidance}")  # fmt: skip
     print(f"judge held-out accuracy on real scenes: {judge.held_out_accuracy}")
     for steps in step_counts:
         sampling = {
@@ -56,7 +57,7 @@ def main() -> None:
             if v is not None
         }
         print(f"\n## sampling {sampling or 'defaults'}")
-        measure(model, sampling, args, Path(args.out) / f"steps{steps or hp.sampling_steps}")
+        measure(model, sampling, args, Path(args.out) / f"steps{steps or own.sampling_steps}")
 
 
 def measure(model: torch.nn.Module, sampling: dict, args: argparse.Namespace, out: Path) -> None:

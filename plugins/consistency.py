@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from zoo import registry
-from zoo.checkpoint import CheckpointError, family_of, load_model, read_checkpoint
+from zoo.checkpoint import CheckpointError, family_of, load_model, load_teacher, read_checkpoint
 from zoo.conditioning import class_labels
 from zoo.diffusion import guided_denoiser
 from zoo.diffusion.consistency import (
@@ -194,9 +194,8 @@ class Consistency(GenerativeModule):
             )
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.sigma_low, self.sigma_high = self._sigma_range()
-        object.__setattr__(
-            self, "_teacher", None
-        )  # read from its file when training; never in the checkpoint
+        # the teacher is read from its file when training and kept out of the module (never checkpointed)
+        object.__setattr__(self, "_teacher", None)
 
     # --- the consistency function -----------------------------------------------------------------
 
@@ -263,13 +262,8 @@ class Consistency(GenerativeModule):
         """The frozen teacher, read from its file on first use (on this module's device)."""
         if self._teacher is None:
             hp = self.hparams
-            teacher = load_model(hp.teacher, self.device, family=hp.teacher_family, flag="--model.teacher")
-            if sha256_of(hp.teacher) != hp.teacher_sha256:
-                raise CheckpointError(
-                    f"--model.teacher {hp.teacher} changed since this run began (sha256 differs): give the file "
-                    "the run was started with"
-                )
-            object.__setattr__(self, "_teacher", teacher.requires_grad_(False))
+            teacher = load_teacher(hp.teacher, hp.teacher_sha256, hp.teacher_family, self.device)
+            object.__setattr__(self, "_teacher", teacher)
         return self._teacher
 
     def teacher_denoiser(self, label: Tensor | None) -> Any:

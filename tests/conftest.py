@@ -73,6 +73,33 @@ def tiny_vae_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ckpt
 
 
+# A tiny class-conditional ddpm on 12x12 digits (a size no recipe uses, so a student that gets it took
+# it from the teacher's checkpoint), trained enough that its one-step guess is far from its ODE's solution:
+# the teacher of the distillation tests (consistency, progressive_distillation).
+DIGITS_TEACHER = [
+    "--model", "ddpm", "--model.base_channels", "16", "--model.channel_mults", "[1, 2]",
+    "--model.attention_levels", "[1]", "--model.lr", "0.002",
+    "--data.image_size", "12", "--data.batch_size", "24",
+    "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "null",
+    "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false", "--samples.num_samples", "0", "--logger", "none",
+    "--trainer.max_steps", "300",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `ddpm` checkpoint of DIGITS_TEACHER (12x12 digits, batch 24, T = 1000, 300 steps)."""
+    root = tmp_path_factory.mktemp("digits_teacher")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cli = run_fit(*DIGITS_TEACHER)
+    finally:
+        os.chdir(cwd)
+    return root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt"
+
+
 class FakeDistributions:
     """Installs throwaway distributions as real `.dist-info` folders on sys.path.
 

@@ -20,41 +20,27 @@ QUIET = [
     "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false", "--samples.num_samples", "0", "--logger", "none",
 ]  # fmt: skip
-NET = ["--model.base_channels", "16", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]"]
-TEACHERS = {
-    "ddpm": ["--model.num_train_timesteps", "100", "--model.sampling_steps", "5"],
-    "flow_matching": ["--model.num_heads", "2"],
-}
-# a 12x12 teacher (not the recipes' 16) with batch 24: the student's data must come from its checkpoint
-TEACHER_DATA = ["--data.image_size", "12", "--data.batch_size", "24"]
+FLOW_TEACHER = [
+    "--model", "flow_matching", "--model.base_channels", "16", "--model.channel_mults", "[1, 2]",
+    "--model.attention_levels", "[1]", "--model.num_heads", "2", "--model.lr", "0.002",
+    "--data.image_size", "12", "--data.batch_size", "24", *QUIET, "--trainer.max_steps", "300",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny ddpm and a tiny flow_matching checkpoint (12x12 digits, 300 steps: trained enough that its
-    one-step x0 guess at sigma_max, where a student starts, is far from its ODE's solution)."""
-    paths = {}
-    for family, flags in TEACHERS.items():
-        root = tmp_path_factory.mktemp(family)
-        cwd = os.getcwd()
-        os.chdir(root)
-        try:
-            cli = run_fit(
-                "--model",
-                family,
-                *NET,
-                *flags,
-                *TEACHER_DATA,
-                *QUIET,
-                "--model.lr",
-                "0.002",
-                "--trainer.max_steps",
-                "300",
-            )
-        finally:
-            os.chdir(cwd)
-        paths[family] = root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt"
-    return paths
+def teachers(tmp_path_factory: pytest.TempPathFactory, digits_teacher: Path) -> dict[str, Path]:
+    """conftest's tiny ddpm, and a flow_matching of the same size and training (12x12 digits, 300 steps)."""
+    root = tmp_path_factory.mktemp("flow_matching")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cli = run_fit(*FLOW_TEACHER)
+    finally:
+        os.chdir(cwd)
+    return {
+        "ddpm": digits_teacher,
+        "flow_matching": root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt",
+    }
 
 
 def _flow_map_error(student, steps: int = 60) -> float:
@@ -147,6 +133,7 @@ def test_a_teacher_of_another_family_is_refused_in_one_line(in_tmp, teachers):
         run_fit("--model", "consistency", "--model.teacher", str(in_tmp / "missing.ckpt"), *QUIET)
 
 
+NET = ["--model.base_channels", "16", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]"]
 CT = ["--model", "consistency", *NET, "--data.image_size", "8", "--data.batch_size", "16", *QUIET]
 
 

@@ -59,6 +59,8 @@ FAMILY_FLAGS: dict[str, list[str]] = {
         "--model.base_channels", "8", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
         "--model.num_train_timesteps", "100", "--model.sampling_steps", "2",
     ],
+    "lcm": [],
+    "progressive_distillation": [],
     "consistency": [
         "--model.base_channels", "8", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
         "--model.num_heads", "2", "--model.curriculum_steps", "2",
@@ -166,6 +168,22 @@ INCOMPATIBLE: dict[tuple[str, str], tuple[str, str]] = {
         "an LJSpeech folder has transcripts but no phoneme alignments (only espeak-ng's `speech` makes them)",
         r"phoneme alignments.*speech.*--data\.alignments true",
     ),
+    # lcm and progressive_distillation distil a trained model (their own tests train one); without
+    # --model.teacher they say so
+    **{
+        ("lcm", data): (
+            "lcm needs a teacher ldm checkpoint",
+            r"lcm distils a trained ldm: pass --model\.teacher",
+        )
+        for data in ("shapes", "digits", "image_folder")
+    },
+    **{
+        ("progressive_distillation", data): (
+            "progressive_distillation needs a teacher ddpm checkpoint",
+            r"distils a trained ddpm: pass --model\.teacher",
+        )
+        for data in ("shapes", "digits", "image_folder")
+    },
 }
 
 # An input a family needs that a folder datamodule has only sometimes: the pair again, with it missing.

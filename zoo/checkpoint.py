@@ -132,3 +132,20 @@ def load_model(
             f"'{path}' does not match {cls.__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.to(map_location).eval()
+
+
+def load_teacher(path: str | Path, sha256: str, family: str, map_location: str | torch.device = "cpu") -> Any:
+    """The frozen teacher of a distillation run (`--model.teacher`), refused in one line when the file is
+    not the one the run began with (its sha256, recorded in the student's hyper-parameters): a resumed
+    run must distil the same teacher."""
+    from zoo.evaluate import sha256_of
+
+    if sha256_of(path) != sha256:
+        raise CheckpointError(
+            f"--model.teacher {path} changed since this run began (sha256 differs): give the file the run was "
+            "started with"
+        )
+    # built without drawing from the global random stream: a teacher read on the first step of a resumed
+    # run must leave the run's random numbers where the uninterrupted run has them
+    with torch.random.fork_rng(devices=[]):
+        return load_model(path, map_location, family=family, flag="--model.teacher").requires_grad_(False)

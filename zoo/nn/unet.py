@@ -12,6 +12,8 @@ the timestep embedding (as Imagen and SDXL add a pooled text embedding).
     out = net(x_t, t, label)        # t: (B,) float or long timesteps; label: (B,) long, num_classes = null
     net = UNet(in_channels=4, context_dim=128, pooled_dim=128)
     out = net(x_t, t, context=states, context_mask=mask, pooled=pooled)   # states (B, L, 128), mask (B, L) bool
+    net.add_guidance_embedding(256)             # a latent consistency student (lcm): guided in one pass
+    out = net(x_t, t, context=states, context_mask=mask, pooled=pooled, guidance=w)    # w: (B,) scales
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class UNet(nn.Module):
         # label num_classes is the "no label" of classifier-free guidance
         self.label_embedding = nn.Embedding(num_classes + 1, embed_dim) if num_classes > 0 else None
         self.pooled_projection = nn.Linear(pooled_dim, embed_dim) if pooled_dim else None
+        self.guidance_projection: nn.Linear | None = None  # add_guidance_embedding
 
         def attention(width: int) -> list[nn.Module]:
             blocks: list[nn.Module] = [SelfAttention(width, num_heads)]
@@ -189,10 +192,11 @@ class UNet(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if t.ndim == 0:
             t = t.expand(len(x))
-        embedding = self.embed(t, label, pooled)
+        embedding = self.embed(t, label, pooled, guidance)
         h = self.conv_in(with_coordinates(x) if self.coordinates else x)
         hs = [h]
         for blocks in self.down:
@@ -203,12 +207,32 @@ class UNet(nn.Module):
             h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), embedding, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))
 
+    def add_guidance_embedding(self, dim: int = 256) -> None:
+        """A guidance-scale input, for a consistency student that learns a guided teacher in one pass (LCM,
+        Luo et al. 2023, sec. 4.2; diffusers' `time_cond_proj_dim`): the sinusoidal embedding of w * 1000
+        (`dim` wide), projected without bias and added to the timestep's sinusoidal features. The projection
+        starts at zero, so the network computes what it did before."""
+        self.guidance_projection = nn.Linear(dim, self.base_channels, bias=False)
+        nn.init.zeros_(self.guidance_projection.weight)
+
     def embed(
-        self, t: torch.Tensor, label: torch.Tensor | None = None, pooled: torch.Tensor | None = None
+        self,
+        t: torch.Tensor,
+        label: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The embedding every ResBlock adds: timestep (B,), plus the label's (None: the null label) and the
-        pooled context's when the network has them. (B, 4 * base_channels)."""
-        embedding = self.time_mlp(sinusoidal_embedding(t, self.base_channels))
+        """The embedding every ResBlock adds: timestep (B,), plus the label's (None: the null label), the
+        pooled context's and the guidance scale's when the network has them. (B, 4 * base_channels)."""
+        features = sinusoidal_embedding(t, self.base_channels)
+        if self.guidance_projection is not None:
+            if guidance is None:
+                raise ValueError(
+                    "this U-Net has a guidance embedding (a consistency student): pass guidance (B,)"
+                )
+            width = self.guidance_projection.in_features
+            features = features + self.guidance_projection(sinusoidal_embedding(guidance * 1000, width))
+        embedding = self.time_mlp(features)
         if self.label_embedding is not None:
             if label is None:  # unconditional: the null label
                 label = torch.full((len(t),), self.num_classes, device=t.device, dtype=torch.long)

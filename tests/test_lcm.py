@@ -1,0 +1,184 @@
+"""`lcm`: latent consistency distillation of an `ldm` (the sampler and scalings are tested against diffusers'
+`LCMScheduler` in test_consistency.py), through the real command line on a tiny teacher. Measured learning is
+not here yet: LCM's grid starts at t = 999, where the ldm's cosine schedule leaves an eps-network no x0
+(alpha_bar 2.4e-9), so the one-step samples of a tiny teacher's student are not yet a fair measure
+(docs/families/few_step.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_fit
+from zoo.checkpoint import load_model
+from zoo.diffusion import ddim
+from zoo.diffusion.consistency import lcm_scalings
+from zoo.diffusion.parameterization import predict_x0
+
+QUIET = [
+    "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "null",
+    "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false", "--samples.num_samples", "0", "--logger", "none",
+]  # fmt: skip
+FIRST_STAGE = (
+    '{"in_channels": 3, "image_size": 16, "latent_channels": 4, "downsample_factor": 2, "base_channels": 8}'
+)
+TINY_LDM = [
+    "--model", "ldm", "--model.first_stage_steps", "30", "--model.first_stage_config", FIRST_STAGE,
+    "--model.base_channels", "16", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
+    "--model.num_res_blocks", "1", "--model.num_heads", "2", "--model.text_width", "16",
+    "--model.text_depth", "1", "--model.text_heads", "2", "--model.vocab_size", "300",
+    "--model.lr", "0.002", "--model.warmup_steps", "10",
+    "--data.image_size", "16", "--data.num_train", "256", "--data.num_val", "16", "--data.num_test", "16",
+    "--data.batch_size", "16", *QUIET,
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ldm on 16x16 shapes (8x8 latents), 150 steps: enough that its guided many-step samples differ
+    from its one-step x0 guess."""
+    root = tmp_path_factory.mktemp("ldm")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cli = run_fit(*TINY_LDM, "--trainer.max_steps", "150")
+    finally:
+        os.chdir(cwd)
+    return root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt"
+
+
+def _text(model, prompts):
+    return model.student.encode_text(prompts)
+
+
+def test_the_guidance_embedding_starts_at_zero(teacher):
+    """At the start the student is the teacher: its f is c_skip x + c_out (the teacher's conditional x0),
+    whatever guidance scale it is told (the guidance projection starts at zero)."""
+    from zoo.plugins.lcm import LCM
+
+    student = LCM(teacher=str(teacher)).eval()
+    ldm = load_model(teacher)
+    x = torch.randn(3, 4, 8, 8)
+    t = torch.tensor([999, 499, 19])
+    text = _text(student, ["a red circle", "a blue square", "a green triangle"])
+    with torch.no_grad():
+        f = student.consistency(student.student.unet, x, t, torch.tensor([2.0, 5.0, 8.0]), text)
+        x0 = predict_x0(ldm._unet(x, t.float(), text), x, ldm.schedule.alphas_cumprod[t], "epsilon")
+    c_skip, c_out = lcm_scalings(t.double())
+    expected = c_skip.float().view(-1, 1, 1, 1) * x + c_out.float().view(-1, 1, 1, 1) * x0
+    torch.testing.assert_close(f, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_skip_step_solver_is_the_ddim_samplers_step(teacher):
+    """The teacher's guided step from t to t - k equals the first step of zoo's DDIM sampler over the
+    timesteps (t, t - k) with the same guided denoiser (diffusers-checked in test_diffusion_samplers.py)."""
+    from zoo.diffusion import guided_denoiser
+    from zoo.plugins.lcm import LCM
+
+    student = LCM(teacher=str(teacher)).eval()
+    ldm = student.teacher_model()
+    x = torch.randn(2, 4, 8, 8)
+    prompts = ["a red circle", "a blue square"]
+    text, empty = _text(student, prompts), _text(student, ["", ""])
+    t, t_prev = torch.tensor([519, 519]), torch.tensor([499, 499])
+    ours = student.teacher_ddim_step(x, t, t_prev, torch.tensor([4.0, 4.0]), text, empty)
+    captured = {}
+
+    def capture(i, x_vp, alpha_bar):
+        captured.setdefault(i, x_vp.clone())
+        return x_vp
+
+    with torch.no_grad():
+        ddim(
+            guided_denoiser(ldm._unet, text, empty, 4.0),
+            x,
+            torch.tensor([519, 499]),
+            ldm.schedule,
+            after_step=capture,
+        )
+    torch.testing.assert_close(ours, captured[0], atol=1e-5, rtol=1e-5)
+
+
+def test_distillation_through_the_cli_is_self_contained(in_tmp, teacher):
+    """`--model lcm --model.teacher CKPT` alone: the data is the teacher's (16x16 scenes, its split sizes),
+    the checkpoint records the teacher's sha256, loads and samples in 1 and 4 steps with the teacher gone."""
+    from zoo.evaluate import sha256_of
+    from zoo.sample import main as sample
+
+    copy = in_tmp / "teacher.ckpt"
+    shutil.copy(teacher, copy)
+    cli = run_fit("--model", "lcm", "--model.teacher", str(copy), *QUIET, "--trainer.max_steps", "3")
+    assert cli.datamodule.hparams.image_size == 16 and cli.datamodule.hparams.num_train == 256
+    assert cli.model.hparams.teacher_sha256 == sha256_of(copy)
+    copy.unlink()
+    ckpt = Path(cli.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    model = load_model(ckpt)
+    for steps in (1, 4):
+        images = model.generate(
+            2, condition="a red circle", steps=steps, generator=torch.Generator().manual_seed(0)
+        )
+        assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    out = in_tmp / "out"
+    assert sample(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--num",
+            "2",
+            "--prompt",
+            "a red circle",
+            "--steps",
+            "4",
+            "--guidance",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+
+
+def test_a_missing_or_wrong_teacher_is_one_clear_line(in_tmp, teacher, capsys):
+    from zoo.checkpoint import CheckpointError
+    from zoo.plugins.lcm import LCM
+
+    with pytest.raises(ValueError, match=r"lcm distils a trained ldm: pass --model\.teacher"):
+        LCM()
+    checkpoint = torch.load(teacher, weights_only=False)
+    checkpoint["zoo"]["model"] = "ddpm"
+    wrong = in_tmp / "ddpm.ckpt"
+    torch.save(checkpoint, wrong)
+    with pytest.raises(CheckpointError, match="needs one of the `ldm` family"):
+        LCM(teacher=str(wrong))
+    checkpoint["zoo"]["model"] = "ldm"
+    checkpoint["hyper_parameters"]["objective"] = "flow"
+    torch.save(checkpoint, wrong)
+    with pytest.raises(ValueError, match="U-Net backbone and the diffusion objective"):
+        LCM(teacher=str(wrong))
+
+
+def test_resume_continues_exactly(tmp_path, teacher):
+    """4 steps in one go, or 2 and 2 more from last.ckpt: the same weights, the target network's included."""
+    flags = [
+        "--model",
+        "lcm",
+        "--model.teacher",
+        str(teacher),
+        *QUIET,
+        "--checkpoint.every_n_train_steps",
+        "2",
+    ]
+    full, half = tmp_path / "full", tmp_path / "half"
+    run_fit(*flags, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(full))
+    run_fit(*flags, "--trainer.max_steps", "2", "--trainer.default_root_dir", str(half))
+    run_fit(*flags, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(half),
+            "--ckpt_path", str(half / "checkpoints" / "last.ckpt"))  # fmt: skip
+    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(half / "checkpoints" / "last.ckpt", weights_only=False)
+    assert b["global_step"] == 4
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
