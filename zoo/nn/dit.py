@@ -270,10 +270,17 @@ class DiT(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, in_channels, H, W), t (B,) or scalar on the 0..1000 scale, label (B,) long, context
         (B, L, context_dim) with context_mask (B, L) (true: a real token), pooled (B, pooled_dim).
-        Returns (B, out_channels, H, W), out_channels doubled with learn_sigma."""
+        Returns (B, out_channels, H, W), out_channels doubled with learn_sigma. `guidance` is the U-Net's
+        argument (a consistency student's guidance scale), kept so the two backbones share one signature;
+        the DiT has no guidance embedding and refuses one."""
+        if guidance is not None:
+            raise ValueError(
+                "this DiT has no guidance-scale embedding (lcm distils a U-Net ldm): pass guidance=None"
+            )
         p = self.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"DiT: image size {tuple(x.shape[-2:])} is not a multiple of patch_size {p}")
