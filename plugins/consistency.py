@@ -52,6 +52,7 @@ from zoo.diffusion.consistency import (
     vp_sigma_to_t,
 )
 from zoo.diffusion.parameterization import predict_x0
+from zoo.diffusion.samplers import randn
 from zoo.evaluate import sha256_of
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module, check_choice, inference
 from zoo.nn.unet import UNet
@@ -371,8 +372,7 @@ class Consistency(GenerativeModule):
             device=self.device,
         )
         shape = (n, self.in_channels, self.image_size, self.image_size)
-        draw_device = generator.device if generator is not None else self.device
-        noise = torch.randn(shape, generator=generator, device=draw_device).to(self.device)
+        noise = randn(shape, generator, torch.float32, self.device)
 
         def model(x: Tensor, sigma: Tensor) -> Tensor:
             return self.consistency(self.net, x, sigma, labels)

@@ -33,6 +33,7 @@ from zoo.checkpoint import load_teacher, require_family
 from zoo.diffusion import q_sample
 from zoo.diffusion.consistency import lcm_sampler, lcm_scalings, lcm_timesteps
 from zoo.diffusion.parameterization import predict_eps, predict_x0
+from zoo.diffusion.samplers import randn
 from zoo.evaluate import sha256_of
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module, check_choice, inference
 
@@ -265,8 +266,7 @@ class LCM(GenerativeModule):
 
         size = self.student.latent_size
         shape = (n, self.student.latent_channels, size, size)
-        draw_device = generator.device if generator is not None else self.device
-        noise = torch.randn(shape, generator=generator, device=draw_device).to(self.device)
+        noise = randn(shape, generator, torch.float32, self.device)
         timesteps = lcm_timesteps(steps, self.schedule.num_train_timesteps, hp.original_steps)
         latents = lcm_sampler(
             denoiser, noise, timesteps, self.schedule, prediction=self.student.hparams.prediction,

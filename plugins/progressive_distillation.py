@@ -36,6 +36,7 @@ from zoo import registry
 from zoo.checkpoint import load_teacher, require_family
 from zoo.conditioning import class_labels
 from zoo.diffusion import ddim, guided_denoiser, predict_eps, predict_x0, q_sample
+from zoo.diffusion.samplers import randn
 from zoo.evaluate import sha256_of
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module, inference
 
@@ -238,8 +239,7 @@ class ProgressiveDistillation(GenerativeModule):
             family="progressive_distillation", device=self.device,
         )  # fmt: skip
         shape = (n, student.hparams.in_channels, student.hparams.image_size, student.hparams.image_size)
-        draw_device = generator.device if generator is not None else self.device
-        noise = torch.randn(shape, generator=generator, device=draw_device).to(self.device)
+        noise = randn(shape, generator, torch.float32, self.device)
         images = ddim(
             lambda x, t: student.unet(x, t, labels), noise, self.grid(steps).flip(0), self.schedule,
             prediction=student.hparams.prediction, clip_sample=True, progress=progress,
