@@ -48,6 +48,15 @@ def measure(
     return accuracy, fid, seconds, images
 
 
+def student_recipe(student) -> str:
+    """What tells two students of one family apart in the table."""
+    hp = student.hparams
+    if type(student).__name__ == "Consistency":
+        return "CT" if hp.teacher_family is None else f"CD of a {hp.teacher_family}"
+    keys = ("parameterization", "loss_weighting", "round_steps")
+    return ", ".join(f"{k} {hp[k]}" for k in keys if k in hp)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,7 +91,8 @@ def main() -> None:
           f"{accuracy:.3f} | {fid:.2f} | {1000 * seconds:.2f} |", flush=True)  # fmt: skip
     for path in filter(None, args.students.split(",")):
         student = load_model(path)
-        name = type(student).__name__
+        family, run, stem = type(student).__name__, Path(path).parent.parent.name, Path(path).stem
+        name = f"{family} ({run}, {stem}, {student_recipe(student)})"
         for steps in [int(s) for s in args.steps.split(",")]:
             try:
                 accuracy, fid, seconds, images = measure(student, extractor, real_features, requested, steps)
@@ -92,7 +102,8 @@ def main() -> None:
             print(f"| {name} | {steps} | 1 | {accuracy:.3f} | {fid:.2f} | {1000 * seconds:.2f} "
                   f"({teacher_seconds / seconds:.1f}x faster) |", flush=True)  # fmt: skip
             order = torch.argsort(requested[:100], stable=True)
-            save_grid(images[:100][order], out / f"few_step_{name.lower()}_{steps}.png", nrow=10)
+            grid = f"few_step_{family.lower()}_{run}_{stem.replace('=', '')}_{steps}.png"
+            save_grid(images[:100][order], out / grid, nrow=10)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/ldm")
     args = parser.parse_args()
     model = load_model(args.ckpt)
-    hp = getattr(model, "student", model).hparams  # an lcm checkpoint: its ldm's image size and channels
-    own = model.hparams
+    hp, own = ldm_hparams(model), model.hparams
     step_counts = [None] if args.steps is None else [int(s) for s in args.steps.split(",")]
     judge = shapes_judge(hp.image_size)
     print(f"checkpoint {args.ckpt}: {hp.get('backbone', 'unet')}, {hp.get('objective', 'diffusion')}; defaults "
@@ -60,9 +59,14 @@ def main() -> None:
         measure(model, sampling, args, Path(args.out) / f"steps{steps or own.sampling_steps}")
 
 
+def ldm_hparams(model: torch.nn.Module) -> dict:
+    """The ldm's arguments (image size, channels, backbone): an lcm checkpoint's are its student's."""
+    return getattr(model, "student", model).hparams
+
+
 def measure(model: torch.nn.Module, sampling: dict, args: argparse.Namespace, out: Path) -> None:
     """Sampling time, a grid of the single-object prompts, GenEval-style adherence and FID, for `sampling`."""
-    hp = model.hparams
+    hp = ldm_hparams(model)
     generator = torch.Generator().manual_seed(0)
     model.generate(2, condition="a red circle", generator=generator, steps=2)  # warm-up
     start = time.perf_counter()
@@ -124,7 +128,7 @@ def failure_modes(model: torch.nn.Module, sampling: dict, args: argparse.Namespa
     specs = [s for s in specs if s.category in args.categories.split(",")]
     if not specs:
         return
-    judge = shapes_judge(model.hparams.image_size)
+    judge = shapes_judge(ldm_hparams(model).image_size)
     prompts = [s.text for s in specs for _ in range(args.per_prompt)]
     generator = torch.Generator().manual_seed(0)
     images = torch.cat([model.generate(len(prompts[i : i + 64]), condition=prompts[i : i + 64], generator=generator,

@@ -51,7 +51,7 @@ from zoo.diffusion.consistency import (
     target_decay,
     vp_sigma_to_t,
 )
-from zoo.diffusion.parameterization import predict_x0
+from zoo.diffusion.parameterization import merged_x0, predict_x0
 from zoo.diffusion.samplers import randn
 from zoo.evaluate import sha256_of
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module, check_choice, inference
@@ -70,6 +70,9 @@ class Consistency(GenerativeModule):
         teacher_guidance: CD: the teacher's classifier-free guidance scale in the ODE step (None: the
             teacher's own default); the student learns the guided flow and samples without guidance.
         solver: CD: the teacher's ODE step: euler (DDIM for a VP teacher) or heun (two teacher calls).
+        parameterization: CD of a `ddpm`: teacher (the teacher's own output) or both (the student's x is
+            Salimans & Ho's merge of the teacher's head and a new x head, zero at the start: bounded where
+            the noise is high, but far from the teacher where it is not).
         in_channels: CT: image channels; zoo.fit links it to data.channels (CD: the teacher's).
         image_size: CT: image side in pixels; zoo.fit links it to data.image_size (CD: the teacher's).
         num_classes: CT: label classes, 0 for unlabelled data; zoo.fit sets it from the datamodule.
@@ -113,6 +116,7 @@ class Consistency(GenerativeModule):
         teacher: str | None = None,
         teacher_guidance: float | None = None,
         solver: str = "euler",
+        parameterization: str = "teacher",
         in_channels: int = 1,
         image_size: int = 16,
         num_classes: int = 0,
@@ -146,6 +150,7 @@ class Consistency(GenerativeModule):
     ) -> None:
         super().__init__()
         check_choice("solver", solver, ("euler", "heun"))
+        check_choice("parameterization", parameterization, ("both", "teacher"))
         check_choice("curriculum", curriculum, CURRICULA)
         check_choice("level_sampling", level_sampling, ("uniform", "lognormal"))
         check_choice("loss", loss, ("l2", "pseudo_huber"))
@@ -171,6 +176,8 @@ class Consistency(GenerativeModule):
             self.net = build_module(registry.get_model_class(hp.teacher_family), **hp.teacher_hparams)
             if teacher_weights is not None:
                 self.net.load_state_dict(teacher_weights)
+            if hp.teacher_family == "ddpm" and parameterization == "both":
+                self.net.unet.add_x_head()
             if hp.teacher_family == "flow_matching" and self.net.hparams.path == "vp":
                 raise ValueError(
                     "consistency distillation reads a flow teacher on the straight path; "
@@ -229,16 +236,20 @@ class Consistency(GenerativeModule):
         schedule = ct_discretization if hp.curriculum == "ct" else ict_discretization
         return schedule(step, hp.curriculum_steps, hp.s0, hp.s1)
 
-    def denoised(self, net: torch.nn.Module, x: Tensor, sigma: Tensor, label: Tensor | None) -> Tensor:
+    def denoised(
+        self, net: torch.nn.Module, x: Tensor, sigma: Tensor, label: Tensor | None, student: bool = True
+    ) -> Tensor:
         """A teacher-shaped network's estimate of x0 from the VE sample x at noise level sigma (B,): a VP
-        network sees x / sqrt(1 + sigma^2) at its timestep for sigma; a flow network sees t x at flow time
-        t = 1 / (1 + sigma) (t x = t x0 + (1 - t) eps) and x0 = x_t + (1 - t) v."""
+        network sees x / sqrt(1 + sigma^2) at its timestep for sigma (the student's x from its merged heads);
+        a flow network sees t x at flow time t = 1 / (1 + sigma) (t x = t x0 + (1 - t) eps) and
+        x0 = x_t + (1 - t) v."""
         view = (-1,) + (1,) * (x.ndim - 1)
         if self.hparams.teacher_family == "ddpm":
             alpha_bar = 1 / (1 + sigma.double() ** 2)
             x_vp = x * alpha_bar.sqrt().to(x.dtype).view(view)
             out = net.unet(x_vp, vp_sigma_to_t(sigma, net.schedule).float(), label)
-            return predict_x0(out, x_vp, alpha_bar, net.hparams.prediction)
+            merged = student and self.hparams.parameterization == "both"
+            return (merged_x0 if merged else predict_x0)(out, x_vp, alpha_bar, net.hparams.prediction)
         t = (1 / (1 + sigma)).view(view)
         x_t = x * t
         return x_t + (1 - t) * net.velocity(x_t, t.flatten(), label)
@@ -273,7 +284,9 @@ class Consistency(GenerativeModule):
         hp = self.hparams
         scale = teacher.hparams.guidance if hp.teacher_guidance is None else hp.teacher_guidance
         uncond = None if label is None else torch.full_like(label, teacher.null_label)
-        return guided_denoiser(lambda x, s, c: self.denoised(teacher, x, s, c), label, uncond, scale)
+        return guided_denoiser(
+            lambda x, s, c: self.denoised(teacher, x, s, c, student=False), label, uncond, scale
+        )
 
     # --- training ---------------------------------------------------------------------------------
 

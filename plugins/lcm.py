@@ -31,7 +31,7 @@ from torch import Tensor
 from zoo import registry
 from zoo.checkpoint import load_teacher, require_family
 from zoo.diffusion import q_sample
-from zoo.diffusion.consistency import lcm_sampler, lcm_scalings, lcm_timesteps
+from zoo.diffusion.consistency import lcm_grid, lcm_sampler, lcm_scalings, lcm_timesteps
 from zoo.diffusion.parameterization import predict_eps, predict_x0
 from zoo.diffusion.samplers import randn
 from zoo.evaluate import sha256_of
@@ -50,6 +50,9 @@ class LCM(GenerativeModule):
         guidance_max: the highest.
         original_steps: the skip-step grid: the teacher's schedule is crossed in this many DDIM steps of
             k = T // original_steps timesteps (LCM: 50).
+        top_timestep: the grid's timesteps above this are left out, of training and sampling (None: none,
+            LCM's). A cosine schedule's last timesteps have alpha_bar ~1e-9, where an eps-network's x0 is
+            undefined; the default ldm's own sampler starts at 960.
         timestep_scaling: LCM's boundary scalings read the timestep times this (LCM: 10).
         target_ema: decay of the target network, an EMA of the student (LCM: 0.95).
         loss: l2, or huber (LCM's sqrt(d^2 + c^2) - c per element, c = huber_c).
@@ -74,6 +77,7 @@ class LCM(GenerativeModule):
         guidance_min: float = 2.0,
         guidance_max: float = 8.0,
         original_steps: int = 50,
+        top_timestep: int | None = None,
         timestep_scaling: float = 10.0,
         target_ema: float = 0.95,
         loss: str = "l2",
@@ -122,6 +126,15 @@ class LCM(GenerativeModule):
         self.target = copy.deepcopy(self.student.unet).requires_grad_(False)
         self.schedule = self.student.schedule
         self.skip = self.schedule.num_train_timesteps // original_steps
+        self.register_buffer(
+            "grid",
+            lcm_grid(self.schedule.num_train_timesteps, original_steps, top_timestep),
+            persistent=False,
+        )
+        if len(self.grid) == 0:
+            raise ValueError(
+                f"top_timestep {top_timestep} leaves no timestep of the grid ({self.skip - 1} is its lowest)"
+            )
         # the teacher is read from its file when training and kept out of the module (never checkpointed)
         object.__setattr__(self, "_teacher", None)
 
@@ -183,8 +196,7 @@ class LCM(GenerativeModule):
             empty = self.student.encode_text([""] * n)
         uniform = torch.rand(n, device=device, generator=generator)
         guidance = hp.guidance_min + (hp.guidance_max - hp.guidance_min) * uniform
-        index = torch.randint(1, hp.original_steps + 1, (n,), device=device, generator=generator)
-        t = index * self.skip - 1
+        t = self.grid[torch.randint(0, len(self.grid), (n,), device=device, generator=generator)]
         t_prev = (t - self.skip).clamp(min=0)
         noise = torch.randn(z0.shape, device=device, generator=generator)
         x_t = q_sample(z0, t, noise, self.schedule)
@@ -267,7 +279,9 @@ class LCM(GenerativeModule):
         size = self.student.latent_size
         shape = (n, self.student.latent_channels, size, size)
         noise = randn(shape, generator, torch.float32, self.device)
-        timesteps = lcm_timesteps(steps, self.schedule.num_train_timesteps, hp.original_steps)
+        timesteps = lcm_timesteps(
+            steps, self.schedule.num_train_timesteps, hp.original_steps, hp.top_timestep
+        )
         latents = lcm_sampler(
             denoiser, noise, timesteps, self.schedule, prediction=self.student.hparams.prediction,
             generator=generator, progress=progress, timestep_scaling=hp.timestep_scaling,

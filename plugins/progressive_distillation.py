@@ -15,10 +15,16 @@ nests it. Each training step (Algorithm 2 of the paper):
 - regresses the student's x prediction on x~ with the truncated-SNR weight max(SNR_t, 1), i.e.
   max(x-MSE, eps-MSE).
 
-The student keeps the teacher's parameterisation (the zoo `ddpm` recipe's is eps); the teacher's steps are
-zoo's DDIM steps (x predictions clipped to [-1, 1], eps the network's, as diffusers' DDIM), as is sampling, and the grid's top timestep is below
-the schedule's end, where an eps-network's x is undefined (`top_timestep`). The previous round's student
-is part of the checkpoint, so a resumed run continues in its round exactly.
+The student's x prediction is the teacher's own (`parameterization: teacher`, eps for the zoo `ddpm`
+recipe), or the paper's merge of two output heads, x^ = sigma_t^2 x~ + alpha_t^2 x_eps (`both`): x_eps the
+teacher's head and x~ a new head, zero at the start (bounded where the noise is high, but far from the
+teacher where it is not). No step clips x: with x clipped to [-1, 1] (diffusers' DDIM default, and zoo
+`ddpm`'s sampler) the teacher's steps near the top of the grid are not an ODE's, and the student, whose one
+step must land on the teacher's two, was pulled off its teacher everywhere (benchmarks/RESULTS.md). The
+grid's top timestep is below the schedule's end (`top_timestep`), where an eps network's x is undefined.
+The loss weight is the paper's max(SNR, 1) on the x error (`loss_weighting: truncated_snr`), or min(SNR, 1)
+(`min_snr`: the eps error where the noise is high, which an eps student bounds). The previous
+round's student is part of the checkpoint, so a resumed run continues in its round exactly.
 
     python -m zoo.fit --model progressive_distillation --model.teacher runs/ddpm/<run>/checkpoints/last.ckpt
     python -m zoo.sample --ckpt runs/progressive_distillation/<run>/checkpoints/last.ckpt --label 3 --steps 4
@@ -35,10 +41,18 @@ from torch import Tensor
 from zoo import registry
 from zoo.checkpoint import load_teacher, require_family
 from zoo.conditioning import class_labels
-from zoo.diffusion import ddim, guided_denoiser, predict_eps, predict_x0, q_sample
+from zoo.diffusion import (
+    ddim,
+    guided_denoiser,
+    merged_x0,
+    min_snr_weight,
+    predict_eps,
+    predict_x0,
+    q_sample,
+)
 from zoo.diffusion.samplers import randn
 from zoo.evaluate import sha256_of
-from zoo.module import GenerativeModule, adamw_with_warmup, build_module, inference
+from zoo.module import GenerativeModule, adamw_with_warmup, build_module, check_choice, inference
 
 
 class ProgressiveDistillation(GenerativeModule):
@@ -52,6 +66,10 @@ class ProgressiveDistillation(GenerativeModule):
         rounds: halvings; the final student samples in start_steps / 2^rounds steps.
         round_steps: training steps per round.
         top_timestep: the grid's highest timestep, where sampling starts (below T - 1: see the docstring).
+        parameterization: both (the paper's merged x and eps heads) or teacher (the teacher's own output).
+        loss_weighting: truncated_snr, the paper's max(SNR, 1) on the x error (max(x-MSE, eps-MSE)), or
+            min_snr, min(SNR, 1) (min(x-MSE, eps-MSE): Min-SNR-1, Hang et al. 2023), the eps error where
+            the noise is high, which an eps student can bound.
         lr: AdamW learning rate, reached at the end of the warm-up.
         weight_decay: AdamW weight decay.
         warmup_steps: optimizer steps of linear learning-rate warm-up (at the start of training).
@@ -69,8 +87,10 @@ class ProgressiveDistillation(GenerativeModule):
         teacher_guidance: float | None = None,
         start_steps: int = 128,
         rounds: int = 5,
-        round_steps: int = 600,
+        round_steps: int = 500,
         top_timestep: int = 979,
+        parameterization: str = "teacher",
+        loss_weighting: str = "min_snr",
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 50,
@@ -78,6 +98,8 @@ class ProgressiveDistillation(GenerativeModule):
         teacher_hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_choice("parameterization", parameterization, ("both", "teacher"))
+        check_choice("loss_weighting", loss_weighting, ("truncated_snr", "min_snr"))
         if teacher is None and teacher_hparams is None:
             raise ValueError(
                 "progressive_distillation distils a trained ddpm: pass --model.teacher "
@@ -101,6 +123,8 @@ class ProgressiveDistillation(GenerativeModule):
         self.student = build_module(registry.get_model_class("ddpm"), **hp.teacher_hparams)
         if checkpoint is not None:
             self.student.load_state_dict(checkpoint["state_dict"])
+        if parameterization == "both":
+            self.student.unet.add_x_head()
         # the previous round's student, the teacher from round 1 on; part of the checkpoint
         self.round_teacher = copy.deepcopy(self.student.unet).requires_grad_(False)
         self.register_buffer("teacher_round", torch.tensor(0))  # the round round_teacher was copied for
@@ -131,18 +155,32 @@ class ProgressiveDistillation(GenerativeModule):
             object.__setattr__(self, "_teacher", teacher)
         return self._teacher
 
-    def teacher_denoiser(self, round_: int, label: Tensor | None) -> Any:
-        """Round 0: the original teacher with its guidance; later: the previous round's student, unguided."""
+    def teacher_step(
+        self, round_: int, x: Tensor, t: Tensor, alpha_bar: Tensor, label: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The x and eps of a DDIM step of the round's teacher from x at t: in round 0 the original teacher's
+        guided prediction, later the previous round's student, unguided. Never clipped: DDIM is then the
+        probability-flow ODE's step, which one student step can match (see the module docstring)."""
         if round_ == 0:
-            teacher = self.original_teacher()
-            hp = self.hparams
+            teacher, hp = self.original_teacher(), self.hparams
             scale = teacher.hparams.guidance if hp.teacher_guidance is None else hp.teacher_guidance
             uncond = None if label is None else torch.full_like(label, teacher.null_label)
-            return guided_denoiser(teacher.unet, label, uncond, scale)
-        return lambda x, t: self.round_teacher(x, t, label)
+            out, prediction = (
+                guided_denoiser(teacher.unet, label, uncond, scale)(x, t.float()),
+                teacher.hparams.prediction,
+            )
+            return predict_x0(out, x, alpha_bar, prediction), predict_eps(out, x, alpha_bar, prediction)
+        x0 = self.student_x0(self.round_teacher, x, t, label)
+        return x0, predict_eps(x0, x, alpha_bar, "sample")
 
-    def _x0(self, out: Tensor, x: Tensor, alpha_bar: Tensor) -> Tensor:
-        return predict_x0(out, x, alpha_bar, self.student.hparams.prediction)
+    def student_x0(self, unet: torch.nn.Module, z: Tensor, t: Tensor, label: Tensor | None) -> Tensor:
+        """A student's x prediction at the integer timesteps t (B,): the merged heads' sigma^2 x~ + alpha^2 x_eps,
+        or (`parameterization: teacher`) the teacher-shaped output's x."""
+        alpha_bar = self.schedule.alphas_cumprod.to(z.device)[t]
+        out, prediction = unet(z, t.float(), label), self.student.hparams.prediction
+        if self.hparams.parameterization == "teacher":
+            return predict_x0(out, z, alpha_bar, prediction)
+        return merged_x0(out, z, alpha_bar, prediction)
 
     @torch.no_grad()
     def target(
@@ -158,14 +196,10 @@ class ProgressiveDistillation(GenerativeModule):
         view = (-1,) + (1,) * (z.ndim - 1)
         a = {k: v.sqrt().to(z.dtype).view(view) for k, v in alpha_bar.items()}
         s = {k: (1 - v).sqrt().to(z.dtype).view(view) for k, v in alpha_bar.items()}
-        denoiser = self.teacher_denoiser(round_, label)
         x = z
-        prediction = self.student.hparams.prediction
         for here, there, step in (("t", "mid", t), ("mid", "next", t_mid)):
-            # zoo's DDIM step, the sampler being distilled: x0 clipped, eps the network's (as diffusers')
-            out = denoiser(x, step.float())
-            x0 = predict_x0(out, x, alpha_bar[here], prediction).clamp(-1, 1)
-            x = a[there] * x0 + s[there] * predict_eps(out, x, alpha_bar[here], prediction)
+            x0, eps = self.teacher_step(round_, x, step, alpha_bar[here], label)
+            x = a[there] * x0 + s[there] * eps
         ratio = s["next"] / s["t"]
         return (x - ratio * z) / (a["next"] - ratio * a["t"])
 
@@ -186,15 +220,24 @@ class ProgressiveDistillation(GenerativeModule):
         z = q_sample(x0, t, noise, self.schedule)
         goal = self.target(z, t, t_mid, t_next, round_, label)
         ab = self.schedule.alphas_cumprod.to(device)[t]
-        predicted = self._x0(self.student.unet(z, t.float(), label), z, ab)
-        weight = torch.clamp(ab / (1 - ab), min=1.0).to(x0.dtype)  # max(SNR, 1): max(x-MSE, eps-MSE)
+        predicted = self.student_x0(self.student.unet, z, t, label)
+        if self.hparams.loss_weighting == "truncated_snr":
+            weight = torch.clamp(ab / (1 - ab), min=1.0).to(x0.dtype)  # max(x-MSE, eps-MSE)
+        else:
+            weight = min_snr_weight(t, self.schedule, 1.0, "sample").to(x0)  # min(x-MSE, eps-MSE)
         return (weight * (predicted - goal).flatten(1).pow(2).mean(1)).mean()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def _enter_round(self) -> int:
+        """The round of the global step; at a new round's first step the student so far becomes its teacher
+        (called by validation too: a validation at a round's first step sees that round's teacher)."""
         round_ = self.round_at(self.global_step)
-        if round_ > int(self.teacher_round):  # a new round: the student so far becomes its teacher
+        if round_ > int(self.teacher_round):
             self.round_teacher.load_state_dict(self.student.unet.state_dict())
             self.teacher_round.fill_(round_)
+        return round_
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        round_ = self._enter_round()
         loss = self._loss(batch, self.global_step)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
         self.log("train/student_steps", float(self.student_steps(round_)), batch_size=len(batch["image"]))
@@ -202,6 +245,7 @@ class ProgressiveDistillation(GenerativeModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        self._enter_round()
         loss = self._loss(batch, self.global_step, generator)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
 
@@ -241,8 +285,8 @@ class ProgressiveDistillation(GenerativeModule):
         shape = (n, student.hparams.in_channels, student.hparams.image_size, student.hparams.image_size)
         noise = randn(shape, generator, torch.float32, self.device)
         images = ddim(
-            lambda x, t: student.unet(x, t, labels), noise, self.grid(steps).flip(0), self.schedule,
-            prediction=student.hparams.prediction, clip_sample=True, progress=progress,
+            lambda x, t: self.student_x0(student.unet, x, t.long(), labels), noise, self.grid(steps).flip(0),
+            self.schedule, prediction="sample", progress=progress,
         )  # fmt: skip
         return ((images + 1) / 2).clamp(0, 1)
 
@@ -251,7 +295,7 @@ class ProgressiveDistillation(GenerativeModule):
     ) -> dict[str, Tensor]:
         classes = self.student.hparams.num_classes
         condition = torch.arange(n) % classes if self.student.conditional else None
-        steps = self.student_steps(self.round_at(self.global_step))
+        steps = self.student_steps(self.round_at(max(self.global_step - 1, 0)))  # the round just trained
         return {
             f"samples_{steps}_step": self.generate(n, condition=condition, generator=generator, steps=steps)
         }

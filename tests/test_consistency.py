@@ -178,6 +178,14 @@ def test_lcm_timesteps_refuse_more_steps_than_the_grid():
         lcm_timesteps(51)
 
 
+def test_a_lower_grid_top_drops_the_levels_above_it_and_spreads_the_steps_over_the_rest():
+    # 48 levels 19, 39, .., 959; 4 steps read every 12th from the top, as LCMScheduler reads 50
+    assert lcm_timesteps(4, top=959).tolist() == [959, 719, 479, 239]
+    assert lcm_timesteps(48, top=959).tolist() == list(range(959, 0, -20))
+    with pytest.raises(ValueError, match="1 to 48"):
+        lcm_timesteps(49, top=959)
+
+
 # --- distillation on Gaussian data, where the ODE is solved exactly ------------------------------------
 
 MU, STD, SIGMA_MIN, SIGMA_MAX = torch.tensor([0.3, -0.2]), 0.5, 0.002, 80.0

@@ -17,6 +17,7 @@ from zoo.diffusion import (
     diffusion_loss,
     elbo_bits_per_dim,
     elbo_terms,
+    merged_x0,
     min_snr_weight,
     predict_eps,
     predict_v,
@@ -54,6 +55,23 @@ def test_parameterisation_round_trips(source):
     torch.testing.assert_close(
         predict_x0(out[:1], x_t[:1], float(ab[0]), source), x0[:1], rtol=1e-12, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("source", PREDICTIONS)
+def test_merged_heads_weight_the_x_head_by_sigma_squared_and_the_heads_x_by_alpha_squared(source):
+    """Salimans & Ho's x = s^2 x~ + a^2 x(head): both heads exact gives x0 at every noise level; a wrong
+    eps head's x error is its eps error times s / a, the merged x's times a s (bounded as a -> 0)."""
+    x0, eps, ab, x_t, v = _draws()
+    head = {"epsilon": eps, "v_prediction": v, "sample": x0}[source]
+    torch.testing.assert_close(
+        merged_x0(torch.cat([head, x0], 1), x_t, ab, source), x0, rtol=1e-12, atol=1e-12
+    )
+    a = ab.sqrt().view(-1, 1, 1, 1)
+    wrong = merged_x0(torch.cat([head + 1, torch.zeros_like(x0)], 1), x_t, ab, source)
+    unit_error = predict_x0(head + 1, x_t, ab, source) - predict_x0(head, x_t, ab, source)
+    torch.testing.assert_close(wrong, a**2 * (x0 + unit_error), rtol=1e-10, atol=1e-10)
+    at_the_top = merged_x0(torch.cat([eps, x0], 1), eps, torch.zeros(len(x0)).double(), "epsilon")
+    torch.testing.assert_close(at_the_top, x0, rtol=0, atol=0)  # pure noise: the x head alone, finite
 
 
 def test_v_target_equals_diffusers_velocity():

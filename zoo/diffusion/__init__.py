@@ -51,6 +51,7 @@ from zoo.diffusion.objectives import (
 )
 from zoo.diffusion.parameterization import (
     convert_prediction,
+    merged_x0,
     predict_eps,
     predict_v,
     predict_x0,
@@ -122,6 +123,7 @@ __all__ = [
     "integrate_flow",
     "linear_betas",
     "logit_normal_time",
+    "merged_x0",
     "min_snr_weight",
     "mode_time",
     "objective_loss",

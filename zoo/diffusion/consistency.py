@@ -39,6 +39,7 @@ __all__ = [
     "edm_input_scalings",
     "ict_discretization",
     "karras_sigmas",
+    "lcm_grid",
     "lcm_sampler",
     "lcm_scalings",
     "lcm_timesteps",
@@ -245,17 +246,24 @@ def consistency_sampler(
     return x0
 
 
-def lcm_timesteps(steps: int, num_train_timesteps: int = 1000, original_steps: int = 50) -> Tensor:
-    """LCM's sampling timesteps (diffusers' `LCMScheduler.set_timesteps`): the distillation's skip-step grid
-    t = k c - 1, c = T // original_steps, k = 1..original_steps, read from the top at floor(linspace(0,
-    original_steps, steps, endpoint=False)). 4 steps of 50 over T = 1000: 999, 759, 499, 259."""
-    if not 1 <= steps <= original_steps:
-        raise ValueError(
-            f"LCM sampling takes 1 to {original_steps} steps (its distillation grid), got {steps}"
-        )
+def lcm_grid(num_train_timesteps: int = 1000, original_steps: int = 50, top: int | None = None) -> Tensor:
+    """LCM's skip-step grid, descending: t = i c - 1, c = T // original_steps, i = original_steps..1, the
+    timesteps at or below `top` (None: all, the grid of diffusers' `LCMScheduler`)."""
     skip = num_train_timesteps // original_steps
     grid = torch.arange(original_steps, 0, -1, dtype=torch.long) * skip - 1
-    picks = torch.floor(torch.arange(steps, dtype=torch.float64) * original_steps / steps).long()
+    return grid if top is None else grid[grid <= top]
+
+
+def lcm_timesteps(
+    steps: int, num_train_timesteps: int = 1000, original_steps: int = 50, top: int | None = None
+) -> Tensor:
+    """LCM's sampling timesteps (diffusers' `LCMScheduler.set_timesteps`): `lcm_grid` read from the top at
+    floor(linspace(0, len(grid), steps, endpoint=False)). 4 steps of 50 over T = 1000: 999, 759, 499, 259;
+    with `top` 959 (a 48-level grid): 959, 719, 479, 239."""
+    grid = lcm_grid(num_train_timesteps, original_steps, top)
+    if not 1 <= steps <= len(grid):
+        raise ValueError(f"LCM sampling takes 1 to {len(grid)} steps (its distillation grid), got {steps}")
+    picks = torch.floor(torch.arange(steps, dtype=torch.float64) * len(grid) / steps).long()
     return grid[picks]
 
 

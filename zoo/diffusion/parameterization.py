@@ -20,6 +20,7 @@ __all__ = [
     "PREDICTIONS",
     "Prediction",
     "convert_prediction",
+    "merged_x0",
     "predict_eps",
     "predict_v",
     "predict_x0",
@@ -53,6 +54,20 @@ def predict_x0(output: Tensor, x_t: Tensor, alpha_bar: float | Tensor, predictio
     if prediction == "v_prediction":
         return a * x_t - s * output
     return output
+
+
+def merged_x0(output: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction: Prediction) -> Tensor:
+    """Salimans & Ho (2022, sec. 4)'s merge of two heads, x0 = s^2 x~ + a^2 x0(head), for `output` of twice
+    x_t's channels: a head of kind `prediction` (x0(head) by `predict_x0`) and an x head x~ after it
+    (`UNet.add_x_head`). It is x~ where the noise is high, where an eps head's x0 is its error over a, and
+    the head's x0 where the noise is low. a^2 x0(head) is formed without dividing by a."""
+    head, x_head = output.chunk(2, dim=1)
+    a, s = _coefficients(alpha_bar, x_t)
+    if prediction == "epsilon":
+        own = a * (x_t - s * head)  # a^2 (x_t - s eps) / a
+    else:
+        own = a**2 * predict_x0(head, x_t, alpha_bar, prediction)
+    return s**2 * x_head + own
 
 
 def predict_eps(output: Tensor, x_t: Tensor, alpha_bar: float | Tensor, prediction: Prediction) -> Tensor:

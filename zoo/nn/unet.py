@@ -14,6 +14,7 @@ the timestep embedding (as Imagen and SDXL add a pooled text embedding).
     out = net(x_t, t, context=states, context_mask=mask, pooled=pooled)   # states (B, L, 128), mask (B, L) bool
     net.add_guidance_embedding(256)             # a latent consistency student (lcm): guided in one pass
     out = net(x_t, t, context=states, context_mask=mask, pooled=pooled, guidance=w)    # w: (B,) scales
+    net.add_x_head()                            # a progressive or consistency student of an eps teacher
 """
 
 from __future__ import annotations
@@ -214,6 +215,19 @@ class UNet(nn.Module):
         starts at zero, so the network computes what it did before."""
         self.guidance_projection = nn.Linear(dim, self.base_channels, bias=False)
         nn.init.zeros_(self.guidance_projection.weight)
+
+    def add_x_head(self) -> None:
+        """As many output channels again, after the network's own, zero at the start: the x head of
+        Salimans & Ho's merged parameterisation (`zoo.diffusion.merged_x0`), for a student distilled from
+        an eps teacher. The network's own channels compute what they did before."""
+        own = self.conv_out
+        wide = nn.Conv2d(own.in_channels, 2 * own.out_channels, own.kernel_size, padding=own.padding)
+        with torch.no_grad():
+            wide.weight.zero_()
+            wide.bias.zero_()
+            wide.weight[: own.out_channels].copy_(own.weight)
+            wide.bias[: own.out_channels].copy_(own.bias)
+        self.conv_out = wide
 
     def embed(
         self,
