@@ -12,8 +12,7 @@ nests it. Each training step (Algorithm 2 of the paper):
 - sets the student's target to the x that one DDIM step of the student would need to predict to land on
   the teacher's z_t'': x~ = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t)
   (not the teacher's own x prediction);
-- regresses the student's x prediction on x~ with the truncated-SNR weight max(SNR_t, 1), i.e.
-  max(x-MSE, eps-MSE).
+- regresses the student's x prediction on x~, weighted by SNR (below).
 
 The student's x prediction is the teacher's own (`parameterization: teacher`, eps for the zoo `ddpm`
 recipe), or the paper's merge of two output heads, x^ = sigma_t^2 x~ + alpha_t^2 x_eps (`both`): x_eps the
