@@ -45,6 +45,7 @@ from zoo.diffusion.consistency import (
     consistency_sampler,
     ct_discretization,
     edm_input_scalings,
+    follow_online,
     ict_discretization,
     karras_sigmas,
     lognormal_indices,
@@ -321,19 +322,12 @@ class Consistency(GenerativeModule):
         return loss
 
     def _follow_online(self) -> None:
-        """The target network follows the online one after each optimiser step: target <- mu target +
-        (1 - mu) online, mu by the curriculum at step k. Done at the start of the next step rather than in
-        `on_train_batch_end`, which runs after the checkpoint callbacks: a checkpoint would miss the
-        update and a resumed run drift from the uninterrupted one."""
+        """The target network's step (`follow_online`), mu by the curriculum at step k unless fixed."""
         hp = self.hparams
         mu = hp.target_ema
         if mu is None:
             mu = target_decay(self.num_levels_at(self.global_step), s0=hp.s0)
-        with torch.no_grad():
-            for target, online in zip(self.target.parameters(), self.net.parameters(), strict=True):
-                target.lerp_(online, 1 - mu)
-            for target, online in zip(self.target.buffers(), self.net.buffers(), strict=True):
-                target.copy_(online)
+        follow_online(self.target, self.net, mu)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # levels and noise from a generator seeded per batch, at the discretisation's end: comparable

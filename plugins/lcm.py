@@ -31,7 +31,7 @@ from torch import Tensor
 from zoo import registry
 from zoo.checkpoint import load_teacher, require_family
 from zoo.diffusion import q_sample
-from zoo.diffusion.consistency import lcm_grid, lcm_sampler, lcm_scalings, lcm_timesteps
+from zoo.diffusion.consistency import follow_online, lcm_grid, lcm_sampler, lcm_scalings, lcm_timesteps
 from zoo.diffusion.parameterization import predict_eps, predict_x0
 from zoo.diffusion.samplers import randn
 from zoo.evaluate import sha256_of
@@ -212,18 +212,11 @@ class LCM(GenerativeModule):
         return (((online - target) ** 2 + hp.huber_c**2).sqrt() - hp.huber_c).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        if self.global_step > 0:
-            self._follow_online()
+        if self.global_step > 0:  # the target's step after the last optimiser step (see `follow_online`)
+            follow_online(self.target, self.student.unet, self.hparams.target_ema)
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
         return loss
-
-    def _follow_online(self) -> None:
-        """target <- mu target + (1 - mu) student after each optimiser step, at the start of the next one
-        (not in `on_train_batch_end`, which runs after the checkpoint callbacks; see `consistency`)."""
-        with torch.no_grad():
-            for target, online in zip(self.target.parameters(), self.student.unet.parameters(), strict=True):
-                target.lerp_(online, 1 - self.hparams.target_ema)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # draws from a generator seeded per batch: comparable across validations, none from the global one

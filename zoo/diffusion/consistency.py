@@ -37,6 +37,7 @@ __all__ = [
     "consistency_sampler",
     "ct_discretization",
     "edm_input_scalings",
+    "follow_online",
     "ict_discretization",
     "karras_sigmas",
     "lcm_grid",
@@ -114,6 +115,18 @@ def target_decay(n: int, s0: int = 2, mu0: float = 0.95) -> float:
     C), where n = N(k): the target follows the online network faster while the discretisation is coarse.
     (Improved CT sets it to 0: the target is the online network, gradient stopped.)"""
     return math.exp(s0 * math.log(mu0) / n)
+
+
+@torch.no_grad()
+def follow_online(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
+    """The target network's step after each optimiser step: target <- decay target + (1 - decay) online for
+    the parameters; buffers copied. Families call it at the start of the next training step rather than in
+    `on_train_batch_end`, which runs after the checkpoint callbacks: a checkpoint would miss the update and
+    a resumed run drift from the uninterrupted one."""
+    for mine, theirs in zip(target.parameters(), online.parameters(), strict=True):
+        mine.lerp_(theirs, 1 - decay)
+    for mine, theirs in zip(target.buffers(), online.buffers(), strict=True):
+        mine.copy_(theirs)
 
 
 def lognormal_indices(
