@@ -39,6 +39,25 @@ def run_fit(*args: str) -> object:
     return main(list(args))
 
 
+def assert_resume_is_exact(flags: list[str], root: Path, steps: int) -> tuple[object, object]:
+    """`steps` training steps in one go (root/full), or half of them and then the rest from last.ckpt
+    (root/half): the same global step and the same state_dict, tensor for tensor. `flags` must checkpoint
+    every steps // 2. Returns the uninterrupted run's and the resumed run's CLI objects."""
+    import torch
+
+    full, half = root / "full", root / "half"
+    whole = run_fit(*flags, "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(full))
+    run_fit(*flags, "--trainer.max_steps", str(steps // 2), "--trainer.default_root_dir", str(half))
+    resumed = run_fit(*flags, "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(half),
+                      "--ckpt_path", str(half / "checkpoints" / "last.ckpt"))  # fmt: skip
+    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(half / "checkpoints" / "last.ckpt", weights_only=False)
+    assert b["global_step"] == steps and a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    return whole, resumed
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op thread for tests of tiny tensors: ~100x faster than two threads fighting a busy machine."""

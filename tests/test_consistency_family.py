@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_fit
+from conftest import assert_resume_is_exact, run_fit
 from zoo.checkpoint import load_model
 from zoo.diffusion.consistency import ode_step
 
@@ -159,16 +159,7 @@ def test_training_from_scratch_resumes_exactly(tmp_path):
         "--checkpoint.every_n_train_steps",
         "3",
     ]
-    full, half = tmp_path / "full", tmp_path / "half"
-    run_fit(*flags, "--trainer.max_steps", "6", "--trainer.default_root_dir", str(full))
-    run_fit(*flags, "--trainer.max_steps", "3", "--trainer.default_root_dir", str(half))
-    resumed = run_fit(*flags, "--trainer.max_steps", "6", "--trainer.default_root_dir", str(half),
-                      "--ckpt_path", str(half / "checkpoints" / "last.ckpt"))  # fmt: skip
-    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(half / "checkpoints" / "last.ckpt", weights_only=False)
-    assert b["global_step"] == 6 and a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    _, resumed = assert_resume_is_exact(flags, tmp_path, 6)
     assert resumed.model.num_levels_at(6) == 161  # the curriculum's end (the recipe's s1 160)
 
 

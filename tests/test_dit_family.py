@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_fit
+from conftest import assert_resume_is_exact, run_fit
 from zoo.checkpoint import load_model
 from zoo.diffusion import objective_sample
 from zoo.plugins.dit import LatentDiT
@@ -93,16 +93,7 @@ def test_resume_continues_exactly(tmp_path, one_thread):
     on resuming; label dropout and posterior draws take up the saved random state)."""
     short = [*TINY, "--model.first_stage_steps", "4", "--checkpoint.every_n_train_steps", "3",
              "--samples.num_samples", "0"]  # fmt: skip
-    full, half = tmp_path / "full", tmp_path / "half"
-    run_fit(*short, "--trainer.max_steps", "6", "--trainer.default_root_dir", str(full))
-    run_fit(*short, "--trainer.max_steps", "3", "--trainer.default_root_dir", str(half))
-    run_fit(*short, "--trainer.max_steps", "6", "--trainer.default_root_dir", str(half),
-            "--ckpt_path", str(half / "checkpoints" / "last.ckpt"))  # fmt: skip
-    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(half / "checkpoints" / "last.ckpt", weights_only=False)
-    assert b["global_step"] == 6 and a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert_resume_is_exact(short, tmp_path, 6)
 
 
 # --- class conditioning ----------------------------------------------------------------------------

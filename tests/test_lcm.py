@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_fit
+from conftest import assert_resume_is_exact, run_fit
 from zoo.checkpoint import load_model
 from zoo.diffusion import ddim
 from zoo.diffusion.consistency import lcm_scalings
@@ -199,13 +199,4 @@ def test_resume_continues_exactly(tmp_path, teacher):
         "--checkpoint.every_n_train_steps",
         "2",
     ]
-    full, half = tmp_path / "full", tmp_path / "half"
-    run_fit(*flags, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(full))
-    run_fit(*flags, "--trainer.max_steps", "2", "--trainer.default_root_dir", str(half))
-    run_fit(*flags, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(half),
-            "--ckpt_path", str(half / "checkpoints" / "last.ckpt"))  # fmt: skip
-    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(half / "checkpoints" / "last.ckpt", weights_only=False)
-    assert b["global_step"] == 4
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert_resume_is_exact(flags, tmp_path, 4)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import run_fit
+from conftest import assert_resume_is_exact, run_fit
 from zoo.checkpoint import load_model
 from zoo.diffusion import ddim, guided_denoiser, predict_x0
 
@@ -74,20 +74,11 @@ def test_rounds_resume_and_sampling_through_the_cli(tmp_path, teacher):
     shutil.copy(teacher, copy)
     flags = ["--model", "progressive_distillation", "--model.teacher", str(copy), *SMALL, "--model.round_steps", "2",
              *QUIET, "--checkpoint.every_n_train_steps", "2"]  # fmt: skip
-    full, half = tmp_path / "full", tmp_path / "half"
-    cli = run_fit(*flags, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(full))
+    cli, _ = assert_resume_is_exact(flags, tmp_path, 4)
     assert cli.datamodule.hparams.image_size == 12 and cli.datamodule.hparams.batch_size == 24
     assert int(cli.model.teacher_round) == 1
-    run_fit(*flags, "--trainer.max_steps", "2", "--trainer.default_root_dir", str(half))
-    run_fit(*flags, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(half),
-            "--ckpt_path", str(half / "checkpoints" / "last.ckpt"))  # fmt: skip
-    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(half / "checkpoints" / "last.ckpt", weights_only=False)
-    assert b["global_step"] == 4
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     copy.unlink()
-    model = load_model(full / "checkpoints" / "last.ckpt")
+    model = load_model(tmp_path / "full" / "checkpoints" / "last.ckpt")
     images = model.generate(3, condition=[1, 2, 3], generator=torch.Generator().manual_seed(0))
     assert images.shape == (3, 1, 12, 12) and torch.isfinite(images).all()
     with pytest.raises(ValueError, match="leave --guidance out"):
