@@ -39,6 +39,17 @@ def run_fit(*args: str) -> object:
     return main(list(args))
 
 
+def fit_in(root: Path, *args: str) -> Path:
+    """`run_fit(*args)` with `root` as the working folder (so `runs/` lands there); its last.ckpt."""
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cli = run_fit(*args)
+    finally:
+        os.chdir(cwd)
+    return root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt"
+
+
 def assert_resume_is_exact(flags: list[str], root: Path, steps: int) -> tuple[object, object]:
     """`steps` training steps in one go (root/full), or half of them and then the rest from last.ckpt
     (root/half): the same global step and the same state_dict, tensor for tensor. `flags` must checkpoint
@@ -109,14 +120,7 @@ DIGITS_TEACHER = [
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `ddpm` checkpoint of DIGITS_TEACHER (12x12 digits, batch 24, T = 1000, 300 steps)."""
-    root = tmp_path_factory.mktemp("digits_teacher")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cli = run_fit(*DIGITS_TEACHER)
-    finally:
-        os.chdir(cwd)
-    return root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt"
+    return fit_in(tmp_path_factory.mktemp("digits_teacher"), *DIGITS_TEACHER)
 
 
 class FakeDistributions:

@@ -4,14 +4,13 @@ teachers, training from scratch, the data taken from the teacher's checkpoint, e
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import assert_resume_is_exact, run_fit
+from conftest import assert_resume_is_exact, fit_in, run_fit
 from zoo.checkpoint import load_model
 from zoo.diffusion.consistency import ode_step
 
@@ -30,16 +29,9 @@ FLOW_TEACHER = [
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory: pytest.TempPathFactory, digits_teacher: Path) -> dict[str, Path]:
     """conftest's tiny ddpm, and a flow_matching of the same size and training (12x12 digits, 300 steps)."""
-    root = tmp_path_factory.mktemp("flow_matching")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cli = run_fit(*FLOW_TEACHER)
-    finally:
-        os.chdir(cwd)
     return {
         "ddpm": digits_teacher,
-        "flow_matching": root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt",
+        "flow_matching": fit_in(tmp_path_factory.mktemp("flow_matching"), *FLOW_TEACHER),
     }
 
 

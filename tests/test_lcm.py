@@ -5,14 +5,13 @@ one-step map moves towards the teacher's guided ODE solution."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import assert_resume_is_exact, run_fit
+from conftest import assert_resume_is_exact, fit_in, run_fit
 from zoo.checkpoint import load_model
 from zoo.diffusion import ddim
 from zoo.diffusion.consistency import lcm_scalings
@@ -41,14 +40,7 @@ TINY_LDM = [
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ldm on 16x16 shapes (8x8 latents), 150 steps: enough that its guided many-step samples differ
     from its one-step x0 guess."""
-    root = tmp_path_factory.mktemp("ldm")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cli = run_fit(*TINY_LDM, "--trainer.max_steps", "150")
-    finally:
-        os.chdir(cwd)
-    return root / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt"
+    return fit_in(tmp_path_factory.mktemp("ldm"), *TINY_LDM, "--trainer.max_steps", "150")
 
 
 def _text(model, prompts):
