@@ -26,6 +26,10 @@ COLOR_RGB = np.array(
     dtype=np.uint8,
 )
 SIZE_NAMES: tuple[str, ...] = ("small", "large")
+# ControlNet conditions: the segmentation map's colour of each shape class (circle, square, triangle), and
+# the width of the keypoint map's bumps
+SEGMENTATION_PALETTE = np.eye(3, dtype=np.float32)
+KEYPOINT_SIGMA = 0.8
 BACKGROUND_RGB = np.array((0, 0, 0), dtype=np.uint8)
 
 SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges at any size
@@ -96,6 +100,55 @@ def draw_shape(
         for k in range(corners)
     ]
     draw.polygon(points, fill=fill, outline=outline, width=width)
+
+
+def shape_keypoints(
+    shape: str, cx: float, cy: float, scale: float, angle: float
+) -> list[tuple[float, float]]:
+    """A shape's "pose" (the `keypoints` ControlNet condition): its corners as `draw_shape` draws them, and
+    for a circle the four points of its outline at 0, 90, 180 and 270 degrees (x, y in pixels)."""
+    if shape == "circle":
+        return [
+            (cx + scale * math.cos(a), cy + scale * math.sin(a))
+            for a in (0, math.pi / 2, math.pi, 1.5 * math.pi)
+        ]
+    corners = {"square": 4, "triangle": 3}[shape]
+    r = CIRCUMRADIUS[shape] * scale
+    start = -math.pi / 2 + (math.pi / 4 if shape == "square" else 0.0) + angle
+    return [
+        (
+            cx + r * math.cos(start + 2 * math.pi * k / corners),
+            cy + r * math.sin(start + 2 * math.pi * k / corners),
+        )
+        for k in range(corners)
+    ]
+
+
+def keypoint_map(
+    objects: list[tuple[str, float, float, float, float]], image_size: int, sigma: float = KEYPOINT_SIGMA
+) -> np.ndarray:
+    """The `keypoints` condition of a scene, float32 (3, S, S) in [0, 1]: channel 0 a Gaussian bump
+    (`sigma` pixels) at each object's centre, channel 1 at each of its keypoints (`shape_keypoints`),
+    channel 2 zero (an RGB picture). `objects` are (shape name, cx, cy, scale, angle)."""
+    pixel = np.arange(image_size, dtype=np.float32) + 0.5  # pixel i covers [i, i + 1)
+    out = np.zeros((3, image_size, image_size), dtype=np.float32)
+
+    def bump(x: float, y: float) -> np.ndarray:
+        return np.exp(-((pixel[None, :] - x) ** 2 + (pixel[:, None] - y) ** 2) / (2 * sigma**2))
+
+    for shape, cx, cy, scale, angle in objects:
+        out[0] = np.maximum(out[0], bump(cx, cy))
+        for x, y in shape_keypoints(shape, cx, cy, scale, angle):
+            out[1] = np.maximum(out[1], bump(x, y))
+    return out
+
+
+def segmentation_map(masks: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+    """The `segmentation` condition, float32 (3, S, S) in {0, 1}: each object's pixels (`masks` (K, S, S)) in
+    its shape class's colour of `SEGMENTATION_PALETTE` (circle red, square green, triangle blue), absent
+    objects (shape -1) left out; the background black."""
+    palette = SEGMENTATION_PALETTE[np.maximum(shapes, 0)] * (shapes >= 0)[:, None]  # (K, 3)
+    return np.einsum("khw,kc->chw", masks.astype(np.float32), palette).clip(0, 1)
 
 
 def shape_alpha(shape: str, cx: float, cy: float, scale: float, angle: float, image_size: int) -> np.ndarray:
@@ -390,7 +443,21 @@ class ShapesDataset(Dataset):
             "sizes": torch.tensor(data["sizes"][index], dtype=torch.int64),
             "instance_masks": torch.tensor(data["instance_masks"][index], dtype=torch.float32),
             "edges": torch.tensor(data["edges"][index], dtype=torch.float32).div_(255.0).unsqueeze(0),
+            "centers": torch.tensor(data["centers"][index]),
+            "segmentation": torch.from_numpy(
+                segmentation_map(data["instance_masks"][index], data["shapes"][index])
+            ),
+            "keypoints": torch.from_numpy(self._keypoints(index)),
         }
+
+    def _keypoints(self, index: int) -> np.ndarray:
+        data = self.data
+        objects = [
+            (SHAPE_NAMES[data["shapes"][index, k]], *map(float, data["centers"][index, k]),
+             float(data["scales"][index, k]), float(data["angles"][index, k]))
+            for k in range(int(data["num_objects"][index]))
+        ]  # fmt: skip
+        return keypoint_map(objects, self.images.shape[1])
 
 
 class ShapesDataModule(ZooDataModule):
@@ -419,6 +486,11 @@ class ShapesDataModule(ZooDataModule):
       SHAPE_NAMES and SIZE_NAMES (0 small, 1 large)
     - `instance_masks` float32 (K, S, S) in {0, 1}
     - `edges` float32 (1, S, S) in [0, 1]: the objects' outlines, about one pixel wide (a ControlNet condition)
+    - `segmentation` float32 (3, S, S): each object's mask in its shape's colour, circle red, square green,
+      triangle blue (a ControlNet condition, `segmentation_map`)
+    - `keypoints` float32 (3, S, S): bumps at each object's centre (red) and corners (green; a circle's
+      four compass points), a pose analogue (a ControlNet condition, `keypoint_map`)
+    - `centers` float32 (K, 2): each object's centre (x, y) in pixels
 
     Args:
         image_size: image side in pixels, at least 8; zoo.fit links model.image_size to it.

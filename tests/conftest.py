@@ -160,3 +160,29 @@ def fake_dists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake
             getattr(sys.modules[name], "__file__", "") or ""
         ):
             del sys.modules[name]
+
+
+QUIET = [
+    "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "null",
+    "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false", "--samples.num_samples", "0", "--logger", "none",
+]  # fmt: skip
+FIRST_STAGE = (
+    '{"in_channels": 3, "image_size": 16, "latent_channels": 4, "downsample_factor": 2, "base_channels": 8}'
+)
+TINY_LDM = [
+    "--model", "ldm", "--model.first_stage_steps", "30", "--model.first_stage_config", FIRST_STAGE,
+    "--model.base_channels", "16", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
+    "--model.num_res_blocks", "1", "--model.num_heads", "2", "--model.text_width", "16",
+    "--model.text_depth", "1", "--model.text_heads", "2", "--model.vocab_size", "300",
+    "--model.lr", "0.002", "--model.warmup_steps", "10",
+    "--data.image_size", "16", "--data.num_train", "256", "--data.num_val", "16", "--data.num_test", "16",
+    "--data.batch_size", "16", *QUIET,
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ldm on 16x16 shapes (8x8 latents), 150 steps: the base or teacher of the families built on
+    one (lcm, controlnet); enough that its guided many-step samples differ from its one-step x0 guess."""
+    return fit_in(tmp_path_factory.mktemp("tiny_ldm"), *TINY_LDM, "--trainer.max_steps", "150")

@@ -11,36 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_resume_is_exact, fit_in, run_fit
+from conftest import QUIET, assert_resume_is_exact, run_fit
 from zoo.checkpoint import load_model
 from zoo.diffusion import ddim
 from zoo.diffusion.consistency import lcm_scalings
 from zoo.diffusion.parameterization import predict_x0
 
-QUIET = [
-    "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "null",
-    "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false", "--samples.num_samples", "0", "--logger", "none",
-]  # fmt: skip
-FIRST_STAGE = (
-    '{"in_channels": 3, "image_size": 16, "latent_channels": 4, "downsample_factor": 2, "base_channels": 8}'
-)
-TINY_LDM = [
-    "--model", "ldm", "--model.first_stage_steps", "30", "--model.first_stage_config", FIRST_STAGE,
-    "--model.base_channels", "16", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
-    "--model.num_res_blocks", "1", "--model.num_heads", "2", "--model.text_width", "16",
-    "--model.text_depth", "1", "--model.text_heads", "2", "--model.vocab_size", "300",
-    "--model.lr", "0.002", "--model.warmup_steps", "10",
-    "--data.image_size", "16", "--data.num_train", "256", "--data.num_val", "16", "--data.num_test", "16",
-    "--data.batch_size", "16", *QUIET,
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ldm on 16x16 shapes (8x8 latents), 150 steps: enough that its guided many-step samples differ
-    from its one-step x0 guess."""
-    return fit_in(tmp_path_factory.mktemp("ldm"), *TINY_LDM, "--trainer.max_steps", "150")
+def teacher(tiny_ldm: Path) -> Path:
+    return tiny_ldm
 
 
 def _text(model, prompts):

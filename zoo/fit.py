@@ -4,7 +4,9 @@
 command line, which it then parses as its `fit` subcommand: `--config FILE`, `--print_config`,
 `--trainer.KEY V`, `--model.KEY V`, `--data.KEY V`, `--checkpoint.KEY V`, `--samples.KEY V`,
 `--metrics.KEY V` (in-training metrics, off by default),
-`--ckpt_path`, `--seed_everything`. The family's recipe `configs/<model>/default.yaml` is the
+`--ckpt_path`, `--seed_everything`. A family built on others (`default_parents`, e.g. controlnet's ldm)
+trains each one the command does not give (`--model.base`) first, by its own recipe and `--parent-config
+NAME=FILE`. The family's recipe `configs/<model>/default.yaml` is the
 first config file, so every flag overrides it. `sys.argv` is never edited: Lightning's DDP
 launcher starts the other ranks with the same command line.
 
@@ -130,6 +132,14 @@ def _pre_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--traceback", action="store_true", help="on a data error, print the full traceback too"
     )
+    parser.add_argument(
+        "--parent-config",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a family built on others (controlnet, ip_adapter) trains each one not given (--model.NAME) first, "
+        "with its own recipe; this config file is read after that recipe (e.g. base=small_ldm.yaml)",
+    )
     parser.add_argument("-h", "--help", action="store_true", help="zoo's flags and the family's arguments")
     parser.add_argument(
         "--help-all", action="store_true", help="every flag, Lightning's included (LightningCLI's help)"
@@ -235,13 +245,8 @@ def parent_flag_value(model_class: type, args: Sequence[str]) -> tuple[str, str]
     if not built_on:
         return None
     flag = f"--model.{built_on}"
-    value = None
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return None if value in (None, "", "null", "None") else (flag, value)
+    value = _flag_value(args, flag)
+    return None if value is None else (flag, value)
 
 
 def _data_of_parent(model_class: type, args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
@@ -262,6 +267,70 @@ def _data_of_parent(model_class: type, args: Sequence[str]) -> tuple[str, dict[s
         return data_of_checkpoint(checkpoint, model_class)
     except ValueError as err:
         raise UsageError(f"{flag} {path}: {err}") from err
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return None if value in (None, "", "null", "None") else value
+
+
+def _parent_configs(known: argparse.Namespace, parents: dict[str, str]) -> dict[str, str]:
+    configs = {}
+    for entry in known.parent_config:
+        name, _, path = entry.partition("=")
+        if name not in parents or not path:
+            names = ", ".join(parents) or "(none: this family is built on no other)"
+            raise UsageError(f"--parent-config takes NAME=FILE with NAME one of {names}; got {entry!r}")
+        configs[name] = path
+    return configs
+
+
+def _with_parents(known: argparse.Namespace, model_class: type, rest: list[str]) -> list[str]:
+    """`rest` with a `--model.NAME CKPT` for each checkpoint the family is built on (`default_parents`:
+    {NAME: family}) that the command line does not give: a resumed run's from its checkpoint, otherwise one
+    trained here first by `zoo.fit --model FAMILY` (its recipe, the command's data, `--parent-config`)."""
+    parents: dict[str, str] = getattr(model_class, "default_parents", {}) or {}
+    configs = _parent_configs(known, parents)
+    resume = _flag_value(rest, "--ckpt_path")
+    for name, family in parents.items():
+        flag = f"--model.{name}"
+        if _flag_value(rest, flag) is not None:
+            continue
+        if resume is not None:  # the run continues on the checkpoint it began with
+            from zoo.checkpoint import CheckpointError, read_checkpoint
+
+            try:
+                given = (read_checkpoint(resume).get("hyper_parameters") or {}).get(name)
+            except CheckpointError as err:
+                raise UsageError(f"--ckpt_path: {err}") from err
+            if not given:
+                raise UsageError(f"--ckpt_path {resume} records no {flag}: give {flag} CKPT")
+            rest = [*rest, flag, str(given)]
+            continue
+        if os.environ.get("LOCAL_RANK") is not None:
+            raise UsageError(
+                f"a distributed run cannot train its {family} first: train it, then give {flag} CKPT"
+            )
+        data = ["--data", known.data] if known.data else []
+        data += [
+            a for i, a in enumerate(rest)
+            if a.startswith("--data.") or (i and rest[i - 1].startswith("--data.") and "=" not in rest[i - 1])
+        ]  # fmt: skip
+        extra = ["--config", configs[name]] if name in configs else []
+        logger = ["--logger", known.logger] if known.logger else []
+        print(
+            f"{PROG}: no {flag} given: training the {family} it needs first (python -m zoo.fit --model {family})"
+        )
+        cli = main(["--model", family, *data, *logger, *extra])
+        checkpoint = Path(cli.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        print(f"{PROG}: {family} trained, {checkpoint}; now {known.model} with {flag} {checkpoint}")
+        rest = [*rest, flag, str(checkpoint)]
+    return rest
 
 
 def _parent_data_config(data_class: type, hparams: dict[str, Any]) -> str:
@@ -317,6 +386,8 @@ def main(argv: Sequence[str] | None = None, *, run: bool = True) -> Any:
             print("\nWith --model NAME, --help lists the arguments of that family and its datamodule.")
             return None
         model_class, data_name, data_class = _family_and_data(known)
+        if not (known.help or known.help_all):
+            rest = _with_parents(known, model_class, rest)
         parent_data = None if known.data else _data_of_parent(model_class, rest)
         if parent_data is not None:
             model_class, data_name, data_class = _family_and_data(known, parent_data)

@@ -79,8 +79,54 @@ def _parser() -> argparse.ArgumentParser:
         help="vocoders: analysis-resynthesis of audio file(s) (WAV, FLAC, ... read with soundfile)",
     )
     _add_editing_args(p.add_argument_group("editing (image and video families)"))
+    _add_control_args(p.add_argument_group("control (controlnet, ip_adapter)"))
     add_sampling_args(p)
     return p
+
+
+def _add_control_args(control: argparse._ArgumentGroup) -> None:
+    control.add_argument(
+        "--control",
+        nargs="+",
+        metavar="FILE",
+        help="controlnet: control image(s) (edges, segmentation map, keypoints as the net was trained on): "
+        "one for --ckpt, then one for each --controlnet",
+    )
+    control.add_argument(
+        "--controlnet",
+        nargs="+",
+        metavar="CKPT",
+        help="more controlnet checkpoints (or .safetensors files, with --base) on the same base ldm, their "
+        "residuals added (multi-ControlNet)",
+    )
+    control.add_argument(
+        "--base",
+        metavar="LDM_CKPT",
+        help="with a --ckpt or --controlnet that is a .safetensors file (a controlnet or ip_adapter written at "
+        "the end of training): the ldm checkpoint it was trained on",
+    )
+    control.add_argument(
+        "--control-scale",
+        dest="control_scale",
+        type=float,
+        nargs="+",
+        help="controlnet: scale of the residuals, one for all or one per net (default: as trained, 1)",
+    )
+    control.add_argument(
+        "--control-from",
+        dest="control_from",
+        metavar="FILE",
+        help="controlnet: make each net's kind of control image from this ordinary image (Canny edges, ...)",
+    )
+    control.add_argument(
+        "--image-prompt", dest="image_prompt", metavar="FILE", help="ip_adapter: the reference image"
+    )
+    control.add_argument(
+        "--ip-scale",
+        dest="ip_scale",
+        type=float,
+        help="ip_adapter: weight of the image prompt (0: the base alone)",
+    )
 
 
 def _add_editing_args(editing: argparse._ArgumentGroup) -> None:
@@ -290,6 +336,52 @@ def load_frames(path: str | Path, size: int | None, channels: int = 3) -> torch.
 # --- the command -----------------------------------------------------------------------------------
 
 
+def _control_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """--control / --controlnet / --control-scale / --control-from / --image-prompt / --ip-scale as
+    `generate()` keywords: control (one image per net), control_scale, controlnets, image_prompt, ip_scale."""
+    from zoo.checkpoint import CheckpointError
+    from zoo.io.images import load_image
+
+    options: dict[str, Any] = {}
+    size = getattr(model, "hparams", {}).get("image_size") or getattr(
+        getattr(model, "base", None), "hparams", {}
+    ).get("image_size")
+    if args.control and args.control_from:
+        raise UsageError(
+            "give control images (--control) or an image to make them from (--control-from), not both", PROG
+        )
+    if (args.controlnet or args.control_scale) and not (args.control or args.control_from):
+        raise UsageError(
+            "--controlnet and --control-scale need control images: --control FILE ... or --control-from FILE",
+            PROG,
+        )
+    try:
+        if args.controlnet:
+            options["controlnets"] = [
+                _load_file(path, args, family="controlnet", flag="--controlnet") for path in args.controlnet
+            ]
+        if args.control:
+            options["control"] = [load_image(path, size) for path in args.control]
+        if args.control_from:
+            if not hasattr(model, "control_from_image"):
+                raise UsageError(
+                    f"{type(model).__name__} takes no control image (--control-from is for controlnet)", PROG
+                )
+            picture = load_image(args.control_from, size)
+            options["control"] = [
+                net.control_from_image(picture) for net in [model, *options.get("controlnets", [])]
+            ]
+        if args.image_prompt:
+            options["image_prompt"] = load_image(args.image_prompt, size)
+    except (ValueError, CheckpointError) as err:
+        raise UsageError(str(err), PROG) from err
+    if args.control_scale:
+        options["control_scale"] = args.control_scale
+    if args.ip_scale is not None:
+        options["ip_scale"] = args.ip_scale
+    return options
+
+
 def _generate(model: Any, n: int, condition: Any, generator: Any, options: dict[str, Any]) -> Any:
     try:
         return model.generate(n, condition=condition, generator=generator, **options)
@@ -359,12 +451,31 @@ def _check_out_suffix(model: Any, out: str) -> None:
         )
 
 
+def _load_file(path: str, args: argparse.Namespace, family: str | None = None, flag: str = "--ckpt") -> Any:
+    """A checkpoint, or (.safetensors) an adapter written by `zoo.adapters.save_adapter` on `--base`."""
+    from zoo.checkpoint import load_model
+
+    if Path(path).suffix != ".safetensors":
+        return load_model(path, map_location=args.device, family=family, flag=flag)
+    if not args.base:
+        raise UsageError(
+            f"{flag} {path} is an adapter file: give the ldm it was trained on with --base LDM_CKPT", PROG
+        )
+    from zoo import registry
+    from zoo.adapters import load_adapter
+
+    model = load_adapter(path, args.base, map_location=args.device)
+    if family is not None and registry.name_of(type(model)) != family:
+        raise UsageError(f"{flag} {path} holds a {registry.name_of(type(model))}, not a {family}", PROG)
+    return model
+
+
 def _load(args: argparse.Namespace) -> Any:
-    from zoo.checkpoint import CheckpointError, load_model
+    from zoo.checkpoint import CheckpointError
     from zoo.io.writers import writer_for
 
     try:
-        model = load_model(args.ckpt, map_location=args.device)
+        model = _load_file(args.ckpt, args)
     except CheckpointError as err:
         raise UsageError(str(err), PROG) from err
     try:
@@ -383,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         single = _one_file_requested(args)
         model = _load(args)
         _check_condition_kind(args, model)
-        options = sampling_options(args) | _editing_options(args, model)
+        options = sampling_options(args) | _editing_options(args, model) | _control_options(args, model)
         _check_options(model, options)
         if single:
             _check_out_suffix(model, args.out)

@@ -15,9 +15,15 @@ the timestep embedding (as Imagen and SDXL add a pooled text embedding).
     net.add_guidance_embedding(256)             # a latent consistency student (lcm): guided in one pass
     out = net(x_t, t, context=states, context_mask=mask, pooled=pooled, guidance=w)    # w: (B,) scales
     net.add_x_head()                            # a progressive or consistency student of an eps teacher
+    out = net(x_t, t, context=..., control=ControlResiduals(down, mid))   # a ControlNet's residuals added
+    net.add_image_attention(image_dim=128)      # IP-Adapter's decoupled cross-attention
+    out = net(x_t, t, context=..., image_context=tokens, image_scale=1.0)   # tokens (B, N, 128)
 """
 
 from __future__ import annotations
+
+import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +74,11 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Queries from the feature map, keys and values from the context; padded context tokens are masked."""
+    """Queries from the feature map, keys and values from the context; padded context tokens are masked.
+
+    After `add_image_attention`, a second attention over image tokens (IP-Adapter's decoupled
+    cross-attention, Ye et al. 2023, eq. 5) shares the queries and is added, times `image_scale`, before
+    the output projection: out(Attn(q, K_text, V_text) + scale * Attn(q, K_image, V_image))."""
 
     def __init__(self, channels: int, context_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -78,21 +88,67 @@ class CrossAttention(nn.Module):
         self.norm = group_norm(channels)
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
+        self.image_kv: nn.Linear | None = None  # add_image_attention
         self.out = nn.Linear(channels, channels)
         nn.init.zeros_(self.out.weight)  # starts as the identity, like every other block here
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, c, height, width = x.shape
+    def add_image_attention(self, image_dim: int) -> None:
+        """IP-Adapter's `to_k_ip` / `to_v_ip` (one linear here, as `kv` is), initialised from the text's
+        `kv` when the widths agree (the paper's initialisation), else at random."""
+        self.image_kv = nn.Linear(image_dim, self.kv.out_features)
+        if image_dim == self.kv.in_features:
+            self.image_kv.load_state_dict(self.kv.state_dict())
+
+    def _attend(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        k, v = rearrange(kv, "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
+        attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
+        return rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), "b h n d -> b n (h d)")
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        image_context: torch.Tensor | None = None,
+        image_scale: float | torch.Tensor = 1.0,
+    ) -> torch.Tensor:
+        height = x.shape[-2]
         q = rearrange(
             self.q(rearrange(self.norm(x), "b c y x -> b (y x) c")), "b n (h d) -> b h n d", h=self.num_heads
         )
-        k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
-        attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
-        attended = rearrange(
-            F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), "b h n d -> b n (h d)"
-        )
+        attended = self._attend(q, self.kv(context), mask)
+        if image_context is not None and self.image_kv is not None:
+            scale = torch.as_tensor(image_scale, dtype=x.dtype, device=x.device)
+            scale = scale.view(-1, 1, 1) if scale.ndim else scale  # one per sample, or one for all
+            attended = attended + scale * self._attend(q, self.image_kv(image_context), None)
         return x + rearrange(self.out(attended), "b (y x) c -> b c y x", y=height)
+
+
+class ControlResiduals(NamedTuple):
+    """What a ControlNet adds to a U-Net: one tensor per skip connection (`UNet.encode`'s order) and one
+    to the middle block's output (diffusers' down_block_additional_residuals and
+    mid_block_additional_residual)."""
+
+    down: list[torch.Tensor]
+    mid: torch.Tensor
+
+    def scaled(self, scale: float) -> ControlResiduals:
+        return ControlResiduals([scale * r for r in self.down], scale * self.mid)
+
+    def __add__(self, other: ControlResiduals) -> ControlResiduals:  # type: ignore[override]
+        return ControlResiduals(
+            [a + b for a, b in zip(self.down, other.down, strict=True)], self.mid + other.mid
+        )
+
+
+class Context(NamedTuple):
+    """What the cross-attention blocks attend to: text token states and their mask, and image tokens."""
+
+    context: torch.Tensor | None
+    mask: torch.Tensor | None
+    image_context: torch.Tensor | None = None
+    image_scale: float | torch.Tensor = 1.0
 
 
 def with_coordinates(x: torch.Tensor) -> torch.Tensor:
@@ -194,19 +250,63 @@ class UNet(nn.Module):
         context_mask: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
+        control: ControlResiduals | None = None,
+        image_context: torch.Tensor | None = None,
+        image_scale: float | torch.Tensor = 1.0,
     ) -> torch.Tensor:
+        """The network's output for x_t at timesteps t. `control`: a ControlNet's residuals, added to the
+        skip connections and the middle block's output; `image_context` (B, N, image_dim): image tokens
+        for the decoupled cross-attention of `add_image_attention`, weighted by `image_scale`."""
         if t.ndim == 0:
             t = t.expand(len(x))
         embedding = self.embed(t, label, pooled, guidance)
-        h = self.conv_in(with_coordinates(x) if self.coordinates else x)
-        hs = [h]
-        for blocks in self.down:
-            h = self._run(blocks, h, embedding, context, context_mask)
-            hs.append(h)
-        h = self._run(self.mid, h, embedding, context, context_mask)
+        attend = Context(context, context_mask, image_context, image_scale)
+        h, skips = self.encode(x, embedding, attend)
+        if control is not None:
+            if len(control.down) != len(skips):
+                raise ValueError(
+                    f"control has {len(control.down)} residuals; this U-Net has {len(skips)} skip connections"
+                )
+            skips = [s + r for s, r in zip(skips, control.down, strict=True)]
+            h = h + control.mid
         for blocks in self.up:
-            h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), embedding, context, context_mask)
+            h = self._run(blocks, torch.cat([h, skips.pop()], dim=1), embedding, attend)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def encode(
+        self, x: torch.Tensor, embedding: torch.Tensor, attend: Context, added: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder half and the middle block: (the middle block's output, the skip connections: the
+        input convolution's output, then each down block's). `added` joins the input convolution's output
+        (a ControlNet's condition, as diffusers' ControlNetModel adds it)."""
+        h = self.conv_in(with_coordinates(x) if self.coordinates else x)
+        if added is not None:
+            h = h + added
+        skips = [h]
+        for blocks in self.down:
+            h = self._run(blocks, h, embedding, attend)
+            skips.append(h)
+        return self._run(self.mid, h, embedding, attend), skips
+
+    def encoder_copy(self) -> UNet:
+        """A copy of this U-Net without the decoder half (`up`, the output layers): ControlNet's trainable
+        copy, which runs `embed` and `encode` only."""
+        keep = {name: getattr(self, name) for name in ("up", "norm_out", "conv_out")}
+        for name in keep:
+            delattr(self, name)
+        try:
+            return copy.deepcopy(self)
+        finally:
+            for name, module in keep.items():
+                setattr(self, name, module)
+
+    def add_image_attention(self, image_dim: int) -> None:
+        """IP-Adapter's decoupled cross-attention in every cross-attention block (see `CrossAttention`)."""
+        blocks = [m for m in self.modules() if isinstance(m, CrossAttention)]
+        if not blocks:
+            raise ValueError("this U-Net has no cross-attention (built without context_dim)")
+        for block in blocks:
+            block.add_image_attention(image_dim)
 
     def add_guidance_embedding(self, dim: int = 256) -> None:
         """A guidance-scale input, for a consistency student that learns a guided teacher in one pass (LCM,
@@ -259,21 +359,17 @@ class UNet(nn.Module):
 
     @staticmethod
     def _run(
-        blocks: nn.ModuleList,
-        h: torch.Tensor,
-        embedding: torch.Tensor,
-        context: torch.Tensor | None,
-        context_mask: torch.Tensor | None,
+        blocks: nn.ModuleList, h: torch.Tensor, embedding: torch.Tensor, attend: Context
     ) -> torch.Tensor:
         for block in blocks:
             if isinstance(block, ResBlock):
                 h = block(h, embedding)
             elif isinstance(block, CrossAttention):
-                if context is None:
+                if attend.context is None:
                     raise ValueError(
                         "this U-Net cross-attends to a context: pass context (B, L, context_dim)"
                     )
-                h = block(h, context, context_mask)
+                h = block(h, attend.context, attend.mask, attend.image_context, attend.image_scale)
             else:
                 h = block(h)
         return h

@@ -35,7 +35,7 @@ from einops import rearrange
 from torch import nn
 
 from zoo.nn.embeddings import rotary_embedding, sinusoidal_embedding
-from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet, with_coordinates
+from zoo.nn.unet import Context, CrossAttention, ResBlock, SelfAttention, UNet, with_coordinates
 
 __all__ = ["TemporalAttention", "VideoUNet", "inflate_image_unet", "rotary_embedding"]
 
@@ -217,13 +217,13 @@ class VideoUNet(nn.Module):
         frames: int,
     ) -> torch.Tensor:
         if not isinstance(temporal, TemporalAttention):
-            return UNet._run(blocks, h, embedding, context, context_mask)
+            return UNet._run(blocks, h, embedding, Context(context, context_mask))
         # temporal attention goes after the group's spatial layers, before any upsampling (cheaper there)
         for i, block in enumerate(blocks):
             if isinstance(block, nn.Upsample):
                 h = temporal(h, frames, embedding)
-                return UNet._run(blocks[i:], h, embedding, context, context_mask)
-            h = UNet._run(blocks[i : i + 1], h, embedding, context, context_mask)
+                return UNet._run(blocks[i:], h, embedding, Context(context, context_mask))
+            h = UNet._run(blocks[i : i + 1], h, embedding, Context(context, context_mask))
         return temporal(h, frames, embedding)
 
 
