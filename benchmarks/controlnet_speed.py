@@ -64,9 +64,11 @@ def main() -> None:
     def theirs(n: int, controlled: bool = True) -> torch.Tensor:
         kwargs = {"encoder_hidden_states": states[:n], "encoder_attention_mask": mask[:n]}
         down = mid = None
-        if controlled:
-            down, mid = net_theirs(x[:n], t[:n], controlnet_cond=control[:n], class_labels=pooled[:n],
-                                   return_dict=False, **kwargs)  # fmt: skip
+        if (
+            controlled
+        ):  # diffusers' ControlNetModel takes no text padding mask: its cross-attention sees all 24
+            down, mid = net_theirs(x[:n], t[:n], encoder_hidden_states=states[:n], controlnet_cond=control[:n],
+                                   class_labels=pooled[:n], return_dict=False)  # fmt: skip
         return unet_theirs(x[:n], t[:n], class_labels=pooled[:n], down_block_additional_residuals=down,
                            mid_block_additional_residual=mid, **kwargs).sample  # fmt: skip
 

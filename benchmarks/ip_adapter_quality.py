@@ -6,11 +6,11 @@ the image prompt against a text prompt.
 References are the single-object scenes among the held-out test split of the data the checkpoint trained on
 (its base's). The `shapes` judge (zoo.metrics.geneval, trained on real scenes only) reads each sample:
 
-- empty prompt, the reference alone (IP scale 1, the checkpoint's default sampler and guidance, seed 0): the
+- empty prompt, the reference alone (`--ip-scale`, `--guidance`, else the checkpoint's; seed 0): the
   largest object found has the reference's colour and shape ("reproduced"), and also nothing else is found
   ("exactly"); the base ldm with the empty prompt and the same seeds gives chance;
 - a text prompt naming another colour and shape ("a blue square" for a red-circle reference), at IP scales
-  0, 0.25, 0.5, 0.75 and 1: how often the sample's colour and shape are the prompt's, or the reference's.
+  0, 0.5, 1, 1.5 and 2: how often the sample's colour and shape are the prompt's, or the reference's.
 A grid of reference | sample pairs (empty prompt) goes to --out/ip_adapter.png.
 """
 
@@ -68,27 +68,38 @@ def main() -> None:
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--num", type=int, default=96)
     parser.add_argument("--out", default="benchmarks/grids")
+    parser.add_argument(
+        "--ip-scale", type=float, default=None, help="the empty-prompt IP scale (default: the model's)"
+    )
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    parser.add_argument(
+        "--skip", type=int, default=0, help="leave out the first SKIP single-object references"
+    )
     args = parser.parse_args()
     model = load_model(args.ckpt)
-    refs = references(args.ckpt, model, args.num)
+    refs = {k: v[args.skip :] for k, v in references(args.ckpt, model, args.skip + args.num).items()}
+    options = {"guidance": args.guidance} if args.guidance is not None else {}
     n = len(refs["color"])
     judge = shapes_judge(model.base.hparams.image_size)
     print(f"{args.ckpt}: {n} single-object references; judge held-out accuracy {judge.held_out_accuracy}")
     empty = [""] * n
-    images = sample(model, empty, image_prompt=refs["image"])
+    scale = {"ip_scale": args.ip_scale} if args.ip_scale is not None else {}
+    images = sample(model, empty, image_prompt=refs["image"], **scale, **options)
     colour, shape, count = largest(judge, images)
     right = (colour == refs["color"]) & (shape == refs["shape"])
     print(f"empty prompt, reference alone: reproduced {right.mean():.3f} (colour {(colour == refs['color']).mean():.3f}, "
           f"shape {(shape == refs['shape']).mean():.3f}), exactly one object and right {(right & (count == 1)).mean():.3f}")  # fmt: skip
-    colour, shape, _ = largest(judge, sample(model.base, empty))
+    colour, shape, _ = largest(judge, sample(model.base, empty, **options))
     chance = (colour == refs["color"]) & (shape == refs["shape"])
     print(f"base ldm, empty prompt (chance): {chance.mean():.3f}")
     other_colour, other_shape = (refs["color"] + 3) % 6, (refs["shape"] + 1) % 3
     prompts = [f"a {COLOURS[c]} {SHAPES[s]}" for c, s in zip(other_colour, other_shape, strict=True)]
     print("| IP scale | colour: prompt's | colour: reference's | shape: prompt's | shape: reference's |")
     print("|---|---|---|---|---|")
-    for scale in (0.0, 0.25, 0.5, 0.75, 1.0):
-        colour, shape, _ = largest(judge, sample(model, prompts, image_prompt=refs["image"], ip_scale=scale))
+    for scale in (0.0, 0.5, 1.0, 1.5, 2.0):
+        colour, shape, _ = largest(
+            judge, sample(model, prompts, image_prompt=refs["image"], ip_scale=scale, **options)
+        )
         print(f"| {scale} | {(colour == other_colour).mean():.3f} | {(colour == refs['color']).mean():.3f} | "
               f"{(shape == other_shape).mean():.3f} | {(shape == refs['shape']).mean():.3f} |")  # fmt: skip
     pairs = torch.stack([refs["image"][:32], images[:32]], 1).flatten(0, 1)

@@ -95,6 +95,9 @@ def test_shapes_item_and_batch_contract():
         "sizes",
         "instance_masks",
         "edges",
+        "segmentation",
+        "keypoints",
+        "centers",
     }
     expected = {
         "image": ((B, 3, S, S), torch.float32),
@@ -105,6 +108,9 @@ def test_shapes_item_and_batch_contract():
         "sizes": ((B, K), torch.int64),
         "instance_masks": ((B, K, S, S), torch.float32),
         "edges": ((B, 1, S, S), torch.float32),
+        "segmentation": ((B, 3, S, S), torch.float32),
+        "keypoints": ((B, 3, S, S), torch.float32),
+        "centers": ((B, K, 2), torch.float32),
     }
     for key, (shape, dtype) in expected.items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key

@@ -55,7 +55,10 @@ class FrozenBaseAdapter(GenerativeModule):
         if hp.get(key) is None:
             if hp.get(name) is None:
                 raise ValueError(f"{type(self).__name__} needs a trained {family}: pass {flag} CKPT")
-            checkpoint = require_family(hp[name], family, flag)
+            try:
+                checkpoint = require_family(hp[name], family, flag)
+            except CheckpointError as err:  # a missing or damaged file: say which option named it
+                raise CheckpointError(f"{flag}: {err}") from err
             hp[key] = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
             if name == "base":
                 from zoo.evaluate import sha256_of

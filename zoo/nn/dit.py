@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -271,16 +272,21 @@ class DiT(nn.Module):
         context_mask: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
+        control: Any = None,
+        image_context: torch.Tensor | None = None,
+        image_scale: float | torch.Tensor = 1.0,
     ) -> torch.Tensor:
         """x (B, in_channels, H, W), t (B,) or scalar on the 0..1000 scale, label (B,) long, context
         (B, L, context_dim) with context_mask (B, L) (true: a real token), pooled (B, pooled_dim).
-        Returns (B, out_channels, H, W), out_channels doubled with learn_sigma. `guidance` is the U-Net's
-        argument (a consistency student's guidance scale), kept so the two backbones share one signature;
-        the DiT has no guidance embedding and refuses one."""
-        if guidance is not None:
-            raise ValueError(
-                "this DiT has no guidance-scale embedding (lcm distils a U-Net ldm): pass guidance=None"
-            )
+        Returns (B, out_channels, H, W), out_channels doubled with learn_sigma. `guidance`, `control` and
+        `image_context` / `image_scale` are the U-Net's arguments (a consistency student's guidance scale, a
+        ControlNet's residuals, IP-Adapter's image tokens), kept so the two backbones share one signature;
+        the DiT has none of those inputs and refuses them."""
+        for name, value in (("guidance", guidance), ("control", control), ("image_context", image_context)):
+            if value is not None:
+                raise ValueError(
+                    f"this DiT takes no {name} (lcm, controlnet and ip_adapter build on a U-Net ldm): pass {name}=None"
+                )
         p = self.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"DiT: image size {tuple(x.shape[-2:])} is not a multiple of patch_size {p}")
