@@ -30,6 +30,7 @@ from zoo.control import check_kind, condition_of_batch, condition_of_image
 from zoo.diffusion import objective_loss
 from zoo.module import adamw_with_warmup, inference
 from zoo.nn.controlnet import ControlNet
+from zoo.nn.text import drop_captions
 from zoo.nn.unet import ControlResiduals
 
 
@@ -113,11 +114,8 @@ class ControlNetLDM(FrozenBaseAdapter):
         images, control = batch["image"], condition_of_batch(self.hparams.condition, batch)
         captions = list(batch["caption"])
         if self.training and self.hparams.caption_dropout > 0:
-            drop = torch.rand(len(captions), generator=generator) < self.hparams.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        with torch.no_grad():
-            z0 = self.base.training_latents(images, sample=self.training and generator is None)
-            text = self.base.encode_text(captions)
+            captions = drop_captions(captions, self.hparams.caption_dropout, generator)
+        z0, text = self.latents_and_text(images, captions, generator)
         controls = [(self.controlnet, control, 1.0)]
         return objective_loss(
             lambda x_t, t: self.controlled_unet(x_t, t, text, controls),

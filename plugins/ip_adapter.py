@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from zoo.adapters import FrozenBaseAdapter
 from zoo.diffusion import objective_loss
 from zoo.module import adamw_with_warmup, inference
+from zoo.nn.text import drop_captions
 
 
 class ImageProjection(nn.Module):
@@ -133,13 +134,10 @@ class IPAdapter(FrozenBaseAdapter):
         n = len(images)
         embedding = self.image_embedding((images + 1) / 2)
         if self.training:
-            drop_text = torch.rand(n, generator=generator) < hp.text_dropout
+            captions = drop_captions(captions, hp.text_dropout, generator)
             drop_image = torch.rand(n, generator=generator) < hp.image_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop_text.tolist(), strict=True)]
             embedding = embedding * (~drop_image).to(embedding)[:, None]
-        with torch.no_grad():
-            z0 = self.base.training_latents(images, sample=self.training and generator is None)
-            text = self.base.encode_text(captions)
+        z0, text = self.latents_and_text(images, captions, generator)
         c = text | {"image": embedding, "ip_scale": torch.ones(n, device=self.device)}
         return objective_loss(
             lambda x_t, t: self._network(x_t, t, c), z0, self.base.hparams, self.base.schedule, generator

@@ -72,6 +72,15 @@ class FrozenBaseAdapter(GenerativeModule):
 
     # --- training -------------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def latents_and_text(
+        self, images: Tensor, captions: Sequence[str], generator: torch.Generator | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The frozen base's latents of training images (a posterior draw while training, the mean in
+        validation, as the ldm trains) and its encoding of the captions."""
+        z0 = self.base.training_latents(images, sample=self.training and generator is None)
+        return z0, self.base.encode_text(captions)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))

@@ -154,6 +154,13 @@ def dataset_captions(dataset: Any, limit: int | None = None) -> list[str]:
     return captions[:limit] if limit is not None else captions
 
 
+def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator | None = None) -> list[str]:
+    """Each caption replaced by "" with probability `p` (one draw per caption from `generator`): conditioning
+    dropout for classifier-free guidance (Ho & Salimans 2022), on text."""
+    drop = torch.rand(len(captions), generator=generator) < p
+    return ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+
+
 class CaptionConditioned:
     """The text side every caption-conditioned generative family shares (`ldm`, `video_diffusion`), as a
     mixin before `GenerativeModule`: a tokenizer trained on the datamodule's captions, the distinct
@@ -205,11 +212,9 @@ class CaptionConditioned:
     def _drop_captions(self, captions: Sequence[str], generator: torch.Generator | None) -> list[str]:
         """While training, each caption replaced by "" with probability `caption_dropout`: the unconditional
         half of classifier-free guidance, learned by the same network."""
-        captions = list(captions)
         if self.training and self.hparams.caption_dropout > 0:
-            drop = torch.rand(len(captions), generator=generator) < self.hparams.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        return captions
+            return drop_captions(captions, self.hparams.caption_dropout, generator)
+        return list(captions)
 
     def _caption_loss(
         self, z0: torch.Tensor, captions: Sequence[str], generator: torch.Generator | None
