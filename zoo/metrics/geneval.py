@@ -21,7 +21,15 @@ image. Its own accuracy on real held-out scenes is measured when it is trained a
 (`ShapesJudge.held_out_accuracy`); it is cached like the feature extractors, in
 `$ZOO_CACHE/judges/` (default `~/.cache/zoo/judges/`).
 
+By default the judge knows the datamodule's six colours and three shapes. `shapes_judge(colors=...,
+shapes=...)` trains (and caches, under a file name that lists them) one that knows other colours and
+shapes of the full tables, e.g. all nine colours for a concept ("pink") the generator never saw. A
+detected object's `color` and `shape` are always indices into the full tables ALL_COLOR_NAMES and
+ALL_SHAPE_NAMES, whichever judge found it (the defaults are their first entries).
+
     judge = shapes_judge()                                   # trained on first use (~1 minute), then cached
+    judge = shapes_judge(32, colors=["red", "green", "blue", "yellow", "purple", "orange", "pink", "cyan",
+                                      "brown"])              # ... knowing pink, cyan and brown too
     objects = judge.detect(images)                           # images (B, 3, H, W) in [0, 1]
     report = geneval(model, images_per_prompt=4)             # {"single_object": ..., "overall": ...}
     python -m zoo.evaluate --ckpt runs/ldm/<run>/checkpoints/last.ckpt --metrics geneval
@@ -35,6 +43,7 @@ import itertools
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +73,8 @@ def _shapes_module() -> Any:
 
 @dataclass(frozen=True)
 class DetectedObject:
-    color: int  # index into the shapes grammar's COLOR_NAMES
-    shape: int  # index into SHAPE_NAMES
+    color: int  # index into the shapes grammar's full table ALL_COLOR_NAMES (its first six: COLOR_NAMES)
+    shape: int  # index into ALL_SHAPE_NAMES (its first three: SHAPE_NAMES)
     cx: float
     cy: float
     pixels: int
@@ -112,16 +121,32 @@ class JudgeNet(nn.Module):
 
 
 class ShapesJudge:
-    """Finds the objects of shapes-style images; see the module docstring."""
+    """Finds the objects of shapes-style images; see the module docstring.
+
+    `colors` and `shapes` are the names it was trained on (None: the datamodule's defaults), in the
+    order of its heads; `self.colors` / `self.shapes` hold them as indices into the full tables, which
+    `color_names` / `shape_names` are and which every DetectedObject indexes."""
 
     def __init__(
-        self, net: JudgeNet, image_size: int, held_out_accuracy: dict[str, float] | None = None
+        self,
+        net: JudgeNet,
+        image_size: int,
+        held_out_accuracy: dict[str, float] | None = None,
+        colors: list[str] | None = None,
+        shapes: list[str] | None = None,
     ) -> None:
         self.net = net.eval().requires_grad_(False)
         self.image_size = image_size
         self.held_out_accuracy = held_out_accuracy or {}
         grammar = _shapes_module()
-        self.color_names, self.shape_names = tuple(grammar.COLOR_NAMES), tuple(grammar.SHAPE_NAMES)
+        self.color_names, self.shape_names = tuple(grammar.ALL_COLOR_NAMES), tuple(grammar.ALL_SHAPE_NAMES)
+        self.colors, self.shapes = grammar.palette(colors, shapes)
+        heads = (net.color_head.out_channels - 1, net.shape_head.out_channels - 1)
+        if heads != (len(self.colors), len(self.shapes)):
+            raise ValueError(
+                f"a judge net with {heads[0]} colours and {heads[1]} shapes cannot judge "
+                f"{len(self.colors)} colours and {len(self.shapes)} shapes"
+            )
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, batch_size: int = 256) -> list[list[DetectedObject]]:
@@ -147,9 +172,11 @@ class ShapesJudge:
                         if pixels < MIN_OBJECT_PIXELS:
                             continue
                         ys, xs = np.nonzero(where)
-                        shape = int(probs[:, where].sum(1).argmax())
+                        shape = self.shapes[int(probs[:, where].sum(1).argmax())]
                         objects.append(
-                            DetectedObject(color - 1, shape, xs.mean() + 0.5, ys.mean() + 0.5, pixels)
+                            DetectedObject(
+                                self.colors[color - 1], shape, xs.mean() + 0.5, ys.mean() + 0.5, pixels
+                            )
                         )
                 found.append(sorted(objects, key=lambda o: -o.pixels))
         return found
@@ -215,14 +242,23 @@ def geneval_prompts(seed: int = 0, pairs: int = 24, triples: int = 12) -> list[P
 # --- training and caching the judge ---------------------------------------------------------------
 
 
-def _pixel_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pixel_targets(
+    batch: dict[str, torch.Tensor], color_indices: tuple[int, ...], shape_indices: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel classes: 0 the background, else 1 + the object's colour's (shape's) position among the
+    judge's `color_indices` (`shape_indices`), indices into the full tables."""
+    grammar = _shapes_module()
+    color_class = torch.zeros(len(grammar.ALL_COLOR_NAMES), dtype=torch.long)
+    color_class[list(color_indices)] = torch.arange(1, len(color_indices) + 1)
+    shape_class = torch.zeros(len(grammar.ALL_SHAPE_NAMES), dtype=torch.long)
+    shape_class[list(shape_indices)] = torch.arange(1, len(shape_indices) + 1)
     masks = batch["instance_masks"] > 0.5  # (B, K, H, W)
     colors = torch.zeros(masks.shape[0], *masks.shape[2:], dtype=torch.long)
     shapes = torch.zeros_like(colors)
     for k in range(masks.shape[1]):
         present = (batch["colors"][:, k] >= 0)[:, None, None] & masks[:, k]
-        colors = torch.where(present, batch["colors"][:, k, None, None] + 1, colors)
-        shapes = torch.where(present, batch["shapes"][:, k, None, None] + 1, shapes)
+        colors = torch.where(present, color_class[batch["colors"][:, k].clamp(min=0)][:, None, None], colors)
+        shapes = torch.where(present, shape_class[batch["shapes"][:, k].clamp(min=0)][:, None, None], shapes)
     return colors, shapes
 
 
@@ -247,23 +283,32 @@ def _scenes(split: Any) -> list[list[tuple[int, int, float, float]]]:
 
 
 def train_shapes_judge(
-    image_size: int = 32, num_train: int = 6000, num_test: int = 1000, epochs: int = 4, seed: int = 0
+    image_size: int = 32,
+    num_train: int = 6000,
+    num_test: int = 1000,
+    epochs: int = 4,
+    seed: int = 0,
+    colors: list[str] | None = None,
+    shapes: list[str] | None = None,
 ) -> ShapesJudge:
-    """Train the judge on real `shapes` scenes of 1-3 objects and measure it on held-out real scenes."""
+    """Train the judge on real `shapes` scenes of 1-3 objects of the `colors` and `shapes` (names of
+    the full tables; None: the defaults) and measure it on held-out real scenes of them."""
     grammar = _shapes_module()
+    color_indices, shape_indices = grammar.palette(colors, shapes)
     data = registry.get_datamodule_class("shapes")(
         image_size=image_size, min_objects=1, max_objects=3, num_train=num_train, num_val=1, num_test=num_test,
         batch_size=64, seed=seed + 1234,  # not the generators' default seed: other scenes than they train on
+        colors=colors, shapes=shapes,
     )  # fmt: skip
     data.setup("fit")
     train = data.train_set
     images = torch.stack([train[i]["image"] for i in range(len(train))]).add(1).div(2)
     items = [train[i] for i in range(len(train))]
     batch = {k: torch.stack([it[k] for it in items]) for k in ("instance_masks", "colors", "shapes")}
-    color_targets, shape_targets = _pixel_targets(batch)
+    color_targets, shape_targets = _pixel_targets(batch, color_indices, shape_indices)
 
     torch.manual_seed(seed)
-    net = JudgeNet(len(grammar.COLOR_NAMES), len(grammar.SHAPE_NAMES))
+    net = JudgeNet(len(color_indices), len(shape_indices))
     steps_per_epoch = len(images) // 64
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=epochs * steps_per_epoch)
@@ -285,22 +330,31 @@ def train_shapes_judge(
             loss.backward()
             optimizer.step()
             schedule.step()
-    judge = ShapesJudge(net, image_size)
+    judge = ShapesJudge(net, image_size, colors=colors, shapes=shapes)
     judge.held_out_accuracy = judge_accuracy(judge, data.test_set)
     return judge
 
 
 def judge_accuracy(judge: ShapesJudge, split: Any) -> dict[str, float]:
     """Share of real scenes whose objects the judge gets exactly right (colour, shape, count), overall
-    and by number of objects, and share of two-object scenes whose relation it gets right."""
+    and by number of objects, and share of two-object scenes whose relation it gets right; and per
+    colour and per shape (`color_pink`, `shape_star`, ...), the share of the scenes' objects of it that
+    the judge finds (an object of the same colour and shape among those it detects)."""
     grammar = _shapes_module()
     images = torch.stack([split[i]["image"] for i in range(len(split))]).add(1).div(2)
     detected = judge.detect(images)
     right: dict[int, list[bool]] = {}
     relation_right = []
+    found: dict[str, list[bool]] = {}
     for scene, objects in zip(_scenes(split), detected, strict=True):
         ok = sorted((c, s) for c, s, _, _ in scene) == sorted((o.color, o.shape) for o in objects)
         right.setdefault(len(scene), []).append(ok)
+        unmatched = Counter((o.color, o.shape) for o in objects)
+        for c, s, _, _ in scene:
+            hit = unmatched[(c, s)] > 0
+            unmatched[(c, s)] -= hit
+            found.setdefault(f"color_{grammar.ALL_COLOR_NAMES[c]}", []).append(hit)
+            found.setdefault(f"shape_{grammar.ALL_SHAPE_NAMES[s]}", []).append(hit)
         if len(scene) == 2 and ok and len({c for c, *_ in scene}) == 2:
             truth = grammar.relation(scene[0][2:], scene[1][2:])
             first = next(o for o in objects if o.color == scene[0][0])
@@ -310,6 +364,7 @@ def judge_accuracy(judge: ShapesJudge, split: Any) -> dict[str, float]:
     report |= {f"{k}_objects": float(np.mean(v)) for k, v in sorted(right.items())}
     if relation_right:
         report["relation"] = float(np.mean(relation_right))
+    report |= {key: float(np.mean(hits)) for key, hits in sorted(found.items())}
     return report
 
 
@@ -318,7 +373,7 @@ def scene_spec(scene: list[tuple[int, int, float, float]]) -> list[PromptSpec]:
     words them: one object: single_object; two of different colours: two_objects and position (the
     relation from the centres); three of different colours: counting. Other scenes: none."""
     grammar = _shapes_module()
-    colors, shapes = grammar.COLOR_NAMES, grammar.SHAPE_NAMES
+    colors, shapes = grammar.ALL_COLOR_NAMES, grammar.ALL_SHAPE_NAMES
     objects = tuple((c, s) for c, s, _, _ in scene)
     phrases = [_phrase(colors[c], shapes[s]) for c, s in objects]
     if len(scene) == 1:
@@ -350,23 +405,41 @@ def real_scene_accuracy(
     }
 
 
-def judge_path(image_size: int) -> Path:
-    return cache_dir() / "judges" / f"shapes-{image_size}px-v{JUDGE_VERSION}.safetensors"
+def judge_path(image_size: int, colors: list[str] | None = None, shapes: list[str] | None = None) -> Path:
+    """Where the judge of `image_size` images knowing `colors` and `shapes` is cached: the default
+    judge's file (`shapes-32px-v1.safetensors`) unless they differ from the defaults, else a file
+    naming them in order (`shapes-32px-red.green.(...).brown-circle.square.triangle-v1.safetensors`)."""
+    grammar = _shapes_module()
+    color_indices, shape_indices = grammar.palette(colors, shapes)
+    default_colors, default_shapes = grammar.palette()
+    named = ""
+    if (color_indices, shape_indices) != (default_colors, default_shapes):
+        named = (f"-{'.'.join(grammar.ALL_COLOR_NAMES[c] for c in color_indices)}"
+                   f"-{'.'.join(grammar.ALL_SHAPE_NAMES[s] for s in shape_indices)}")  # fmt: skip
+    return cache_dir() / "judges" / f"shapes-{image_size}px{named}-v{JUDGE_VERSION}.safetensors"
 
 
-def shapes_judge(image_size: int = 32, *, verbose: bool = True) -> ShapesJudge:
-    """The judge for `image_size` images: from the cache, else trained now (about a minute) and cached."""
+def shapes_judge(
+    image_size: int = 32,
+    colors: list[str] | None = None,
+    shapes: list[str] | None = None,
+    *,
+    verbose: bool = True,
+) -> ShapesJudge:
+    """The judge for `image_size` images that knows `colors` and `shapes` (names of the full tables;
+    None: the datamodule's defaults): from the cache, else trained now (about a minute) and cached."""
     from safetensors.torch import load_file, save_file
 
-    path = judge_path(image_size)
+    path = judge_path(image_size, colors, shapes)
     grammar = _shapes_module()
     if path.exists():
-        net = JudgeNet(len(grammar.COLOR_NAMES), len(grammar.SHAPE_NAMES))
+        color_indices, shape_indices = grammar.palette(colors, shapes)
+        net = JudgeNet(len(color_indices), len(shape_indices))
         net.load_state_dict(load_file(str(path)))
         accuracy = json.loads(path.with_suffix(".json").read_text())
-        return ShapesJudge(net, image_size, accuracy)
+        return ShapesJudge(net, image_size, accuracy, colors=colors, shapes=shapes)
     start = time.perf_counter()
-    judge = train_shapes_judge(image_size)
+    judge = train_shapes_judge(image_size, colors=colors, shapes=shapes)
     path.parent.mkdir(parents=True, exist_ok=True)
     # write-then-rename, the JSON first: a concurrent reader never sees a half-written judge
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
