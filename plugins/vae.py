@@ -10,6 +10,12 @@ both summed over an image's pixels / latent elements and divided by its number o
 `beta` reads the same at every resolution (beta = 1 with the L2 loss is the usual ELBO up to the
 Gaussian likelihood's scale; small beta gives sharp reconstructions for latent diffusion).
 
+`color_augment` recolours each training image at random with that probability (hue turned anywhere on the
+wheel, saturation and value scaled down): an autoencoder of a few colours' scenes otherwise learns only those
+colours, and a latent model on it cannot draw any other (the `ldm` first stage of zoo's recipe reconstructed
+pink, cyan and brown as purple, blue/green and orange: benchmarks/RESULTS.md, issue 18). Validation is not
+recoloured.
+
 Later families use it as a first stage: `encode_latents(x)` gives latents scaled by
 `latent_scale` (1 / the standard deviation of posterior means, measured on validation data at
 every validation), `decode_latents(z)` inverts that. `generate(n)` decodes draws from the prior.
@@ -106,6 +112,8 @@ class VAE(GenerativeModule):
         blocks_per_level: ResBlocks per resolution level in the encoder and in the decoder (one more at the latent size).
         beta: KL weight: loss = reconstruction + beta * KL, both divided by the image's pixels; small: sharp reconstructions.
         reconstruction_loss: l1 or l2 (squared error), summed over an image's pixels and channels.
+        color_augment: probability a training image (RGB) is recoloured: hue rotated uniformly, saturation
+            times U(0.4, 1), value times U(0.5, 1) (kornia); 0: as given.
         lr: AdamW learning rate, reached at the end of the warm-up.
         weight_decay: AdamW weight decay, on every parameter.
         warmup_steps: optimizer steps of linear learning-rate warm-up.
@@ -124,6 +132,7 @@ class VAE(GenerativeModule):
         blocks_per_level: int = 1,
         beta: float = 0.01,
         reconstruction_loss: str = "l1",
+        color_augment: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -137,6 +146,8 @@ class VAE(GenerativeModule):
             )
         if reconstruction_loss not in ("l1", "l2"):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
+        if not 0.0 <= color_augment <= 1.0:
+            raise ValueError(f"color_augment is a probability, got {color_augment}")
         self.save_hyperparameters()
         levels = downsample_factor.bit_length() - 1
         self.encoder = Encoder(in_channels, base_channels, levels, latent_channels, blocks_per_level)
@@ -188,8 +199,25 @@ class VAE(GenerativeModule):
 
     # --- Lightning ------------------------------------------------------------------------
 
+    def recolor(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], each recoloured with probability `color_augment` (see the class docstring). The
+        draws come from torch's global generator, which zoo checkpoints: a resumed run recolours the same."""
+        p = self.hparams.get("color_augment", 0.0)
+        if p == 0 or x.shape[1] != 3:
+            return x
+        from kornia.enhance import adjust_hue, adjust_saturation
+
+        n = len(x)
+        chosen = (torch.rand(n, device=x.device) < p).to(x)[:, None, None, None]
+        hue = (torch.rand(n, device=x.device) * 2 - 1) * torch.pi
+        saturation = 0.4 + 0.6 * torch.rand(n, device=x.device)
+        value = 0.5 + 0.5 * torch.rand(n, device=x.device)[:, None, None, None]
+        pixels = (x + 1) / 2
+        recolored = adjust_saturation(adjust_hue(pixels, hue), saturation).clamp(0, 1) * value
+        return (chosen * recolored + (1 - chosen) * pixels) * 2 - 1
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        x = batch["image"]
+        x = self.recolor(batch["image"])
         reconstruction, mean, logvar = self(x)
         parts = self.losses(x, reconstruction, mean, logvar)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=True, batch_size=len(x))

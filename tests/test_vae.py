@@ -98,3 +98,28 @@ def test_nan_loss_stops_with_a_message_and_keeps_finite_weights(in_tmp, fake_dis
 def test_widths_that_are_not_multiples_of_32_build():
     model = VAE(base_channels=52, downsample_factor=8)  # 52, 104, 208, 208 channels
     assert model(torch.zeros(1, 3, 32, 32))[0].shape == (1, 3, 32, 32)
+
+
+def test_color_augment_is_an_hsv_recolouring_written_out_with_colorsys():
+    """Each recoloured image: hue turned by the drawn angle, saturation and value scaled by the drawn factors,
+    checked pixel by pixel against Python's colorsys; black stays black, an image not drawn is unchanged."""
+    import colorsys
+
+    vae = VAE(color_augment=0.5)
+    x = torch.full((6, 3, 4, 4), -1.0)
+    x[:, :, 1:3, 1:3] = torch.tensor([225, 30, 30]).view(3, 1, 1) / 127.5 - 1  # a red square on black
+    torch.manual_seed(1)
+    out = vae.recolor(x)
+    torch.manual_seed(1)  # the same draws, in recolor's order
+    chosen, hue = torch.rand(6) < 0.5, (torch.rand(6) * 2 - 1) * torch.pi
+    saturation, value = 0.4 + 0.6 * torch.rand(6), 0.5 + 0.5 * torch.rand(6)
+    assert 0 < int(chosen.sum()) < 6
+    for i in range(6):
+        h, s, v = colorsys.rgb_to_hsv(225 / 255, 30 / 255, 30 / 255)
+        if chosen[i]:
+            h = (h + float(hue[i]) / (2 * torch.pi)) % 1.0
+            s, v = min(1.0, s * float(saturation[i])), v * float(value[i])
+        expected = torch.tensor(colorsys.hsv_to_rgb(h, s, v)) * 2 - 1
+        torch.testing.assert_close(out[i, :, 1, 1], expected, atol=2e-3, rtol=0)
+        assert torch.equal(out[i, :, 0, 0], torch.full((3,), -1.0))
+    assert torch.equal(VAE(color_augment=0.0).recolor(x), x)

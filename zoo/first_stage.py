@@ -33,6 +33,7 @@ DEFAULT_FIRST_STAGE = {
     "downsample_factor": 4,
     "base_channels": 32,
     "beta": 0.01,
+    "color_augment": 0.5,  # a first stage that reconstructs colours beyond its data's (see the vae family)
     "lr": 1e-3,
     "warmup_steps": 100,
 }

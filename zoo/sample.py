@@ -80,8 +80,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_editing_args(p.add_argument_group("editing (image and video families)"))
     _add_control_args(p.add_argument_group("control (controlnet, ip_adapter)"))
+    _add_customization_args(p.add_argument_group("customization (lora, textual_inversion, dreambooth)"))
     add_sampling_args(p)
     return p
+
+
+def _add_customization_args(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--lora",
+        action="append",
+        metavar="FILE[:SCALE]",
+        help="a LoRA file written by the lora or dreambooth families (or a peft adapter folder) for the ldm of "
+        "--ckpt, at SCALE (default 1); repeat for several, e.g. --lora a.safetensors:0.8 --lora b.safetensors:0.5",
+    )
+    group.add_argument(
+        "--embedding",
+        action="append",
+        metavar="FILE",
+        help="a textual-inversion file (new tokens, e.g. <s1>) for the ldm of --ckpt; repeat for several",
+    )
 
 
 def _add_control_args(control: argparse._ArgumentGroup) -> None:
@@ -382,6 +399,46 @@ def _control_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     return options
 
 
+def _lora_spec(spec: str) -> tuple[str, float]:
+    """FILE or FILE:SCALE."""
+    path, _, scale = spec.rpartition(":")
+    try:
+        return (path, float(scale)) if path else (spec, 1.0)
+    except ValueError:
+        return spec, 1.0  # a colon that is part of the path
+
+
+def _customize(args: argparse.Namespace, model: Any) -> None:
+    """--lora / --embedding: the files' tokens and LoRA adapters added to the ldm of --ckpt (or to the base ldm
+    of a family built on one), each LoRA at its scale, with any adapter the model already has at 1."""
+    if not (args.lora or args.embedding):
+        return
+    from zoo import registry
+    from zoo.checkpoint import CheckpointError
+    from zoo.customize import apply_customization, lora_layers, set_lora_scales
+    from zoo.evaluate import sha256_of
+
+    own = registry.name_of(type(model)) == "ldm"
+    ldm = model if own else getattr(model, "base", None)
+    if ldm is None or registry.name_of(type(ldm)) != "ldm":
+        raise UsageError(
+            f"--lora and --embedding apply to an ldm; {args.ckpt} holds a {registry.name_of(type(model))}",
+            PROG,
+        )
+    sha = sha256_of(args.ckpt) if own else model.hparams.get("base_sha256")
+    scales = {name: 1.0 for layer in lora_layers(ldm) for name in layer.active_adapters}
+    try:
+        for i, spec in enumerate(args.lora or []):
+            path, scale = _lora_spec(spec)
+            apply_customization(ldm, path, name=f"lora{i}", lora=True, base_sha256=sha)
+            scales[f"lora{i}"] = scale
+        for path in args.embedding or []:
+            apply_customization(ldm, path, name="", lora=False, base_sha256=sha)
+    except (ValueError, CheckpointError) as err:
+        raise UsageError(str(err), PROG) from err
+    set_lora_scales(ldm, scales)
+
+
 def _generate(model: Any, n: int, condition: Any, generator: Any, options: dict[str, Any]) -> Any:
     try:
         return model.generate(n, condition=condition, generator=generator, **options)
@@ -493,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
         single = _one_file_requested(args)
         model = _load(args)
+        _customize(args, model)
         _check_condition_kind(args, model)
         options = sampling_options(args) | _editing_options(args, model) | _control_options(args, model)
         _check_options(model, options)
