@@ -29,7 +29,6 @@ from zoo.customize import (
     set_lora_scales,
     unmerge_lora,
 )
-from zoo.diffusion import objective_loss
 
 PINK, RED = (255, 105, 180), (225, 30, 30)
 FAST = [*QUIET, "--data", "image_folder", "--data.image_size", "16", "--data.batch_size", "8"]
@@ -177,7 +176,9 @@ def test_textual_inversion_trains_only_the_new_row(tiny_ldm: Path, tmp_path: Pat
     start = load_model(tiny_ldm).eval()
     apply_customization(start, file, name="", lora=False)
     with torch.no_grad():
-        start.text_encoder.token_embedding.weight[index] = before[3 : trained.tokenizer.vocab_size - 1].mean(0)
+        start.text_encoder.token_embedding.weight[index] = before[3 : trained.tokenizer.vocab_size - 1].mean(
+            0
+        )
     assert concept_loss(trained, folder) < concept_loss(start, folder)
     assert all(torch.equal(a, b) for a, b in zip(trained.unet.state_dict().values(),
                                                  load_model(tiny_ldm).unet.state_dict().values(), strict=True))  # fmt: skip
@@ -257,6 +258,23 @@ def test_dreambooth_draws_its_class_images_once_and_keeps_them(tiny_ldm: Path, t
     with safe_open(str(last.parent.parent / "dreambooth.safetensors"), "pt") as handle:
         description = json.loads(handle.metadata()["zoo_customization"])
     assert description["family"] == "dreambooth" and description["lora_configs"]["unet"]["r"] == 2
+
+
+def test_captions_without_the_token_are_refused_by_name(tiny_ldm: Path, tmp_path: Path, capsys):
+    """The base's own data (shapes captions) never says "<s1>": the run stops before training, naming the fix."""
+    with pytest.raises(SystemExit) as stop:
+        fit_in(
+            tmp_path,
+            "--model",
+            "textual_inversion",
+            "--model.base",
+            str(tiny_ldm),
+            *QUIET,
+            "--trainer.max_steps",
+            "1",
+        )
+    assert stop.value.code != 0
+    assert "no training caption names the concept token '<s1>'" in capsys.readouterr().err
 
 
 def test_dreambooth_resumes_exactly(tiny_ldm: Path, tmp_path: Path):

@@ -330,7 +330,7 @@ def apply_customization(
 class ConceptTuner(FrozenBaseAdapter):
     """A frozen `ldm` (`--model.base`) taught a concept from a few captioned images that name it with a new
     token (`token`, "<s1>"): the token is added to its tokenizer (its row starts at `initializer_token`'s),
-    the subclass makes its trainable part and `_trained_file_content`. Images of any size are resized to the
+    the subclass makes its trainable part (and may change what `save_trained` writes). Images of any size are resized to the
     base's; each batch is repeated `batch_repeats` times (other noise and times for each copy), since a
     concept folder holds fewer images than a batch. Samples as the base does, with what it learned."""
 
