@@ -62,7 +62,9 @@ class TextualInversion(ConceptTuner):
         keep[token_ids(self.base, [self.hparams.token])] = False
         self._kept_rows = (keep, table.detach().clone())
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # right after the step, before any callback (a checkpoint saved at this step) sees the weights
         keep, rows = self._kept_rows
         with torch.no_grad():
             self.base.text_encoder.token_embedding.weight[keep] = rows[keep]
