@@ -19,9 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from zoo.customize import TEXT_TARGETS, UNET_TARGETS, ConceptTuner, add_lora, lora_config
 
 
@@ -66,8 +63,6 @@ class DreamBooth(ConceptTuner):
         base_hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if prior_loss_weight < 0 or num_class_images < 0:
-            raise ValueError("prior_loss_weight and num_class_images must be non-negative")
         self.save_hyperparameters()
         self.base = self.load_frozen("base", "ldm", "--model.base")
         self.add_concept_token()
@@ -81,48 +76,7 @@ class DreamBooth(ConceptTuner):
             add_lora(base_model.unet, lora_config(lora_rank, alpha, 0.0, UNET_TARGETS))
             if train_text_encoder:
                 add_lora(base_model.text_encoder, lora_config(lora_rank, alpha, 0.0, TEXT_TARGETS))
-        size, channels = base_model.hparams.image_size, base_model.hparams.in_channels
-        self.prior = prior_loss_weight > 0 and num_class_images > 0
-        # drawn by the untouched base at the first fit start, then kept with the weights
-        self.register_buffer(
-            "class_images", torch.zeros(num_class_images if self.prior else 0, channels, size, size)
-        )
-        self.register_buffer("class_images_ready", torch.tensor(False))
-
-    # --- prior preservation ---------------------------------------------------------------------------
-
-    def class_prompts(self) -> list[str]:
-        hp, n = self.hparams, self.hparams.num_class_images
-        prompts = [hp.class_prompt] if hp.class_prompt else (self.base._preview_prompts or [""])
-        # spread over the (sorted) prompts, not their first n: those all begin "a blue ..."
-        return [
-            prompts[(i * len(prompts)) // n] if n <= len(prompts) else prompts[i % len(prompts)]
-            for i in range(n)
-        ]
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.prior and not bool(self.class_images_ready):
-            generator = torch.Generator(device=self.device).manual_seed(0)
-            prompts = self.class_prompts()
-            for start in range(0, len(prompts), 64):
-                chunk = prompts[start : start + 64]
-                images = self.base.generate(len(chunk), condition=chunk, generator=generator, progress=True)
-                self.class_images[start : start + len(chunk)] = images * 2 - 1
-            self.class_images_ready.fill_(True)
-
-    def _loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
-        images, captions = self.concept_batch(batch)
-        loss = self.caption_loss(images, captions, generator)
-        if self.prior and bool(self.class_images_ready):
-            index = torch.randint(len(self.class_images), (len(images),), generator=generator)
-            prompts = self.class_prompts()
-            prior = self.caption_loss(
-                self.class_images[index], [prompts[i] for i in index.tolist()], generator
-            )
-            self.log("train/prior_loss" if self.training else "val/prior_loss", prior, batch_size=len(images))
-            loss = loss + self.hparams.prior_loss_weight * prior
-        return loss
+        self.init_prior(prior_loss_weight, num_class_images)
 
     def save_trained(self, path: Any) -> Any:
         if self.hparams.lora_rank is None:  # the whole U-Net changed: the checkpoint is the model

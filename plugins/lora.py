@@ -34,6 +34,10 @@ class LoRA(ConceptTuner):
         unet_targets: regular expression of the U-Net modules that get LoRA (default: attention's qkv, q, kv, out).
         train_text_encoder: LoRA on the text encoder's attention too (`text_targets`).
         text_targets: regular expression of the text encoder modules that get LoRA.
+        prior_loss_weight: weight of the loss on class images the untouched base draws before training
+            (prior preservation, as dreambooth; diffusers' train_dreambooth_lora --with_prior_preservation); 0: none.
+        num_class_images: images the base draws for the class prompts.
+        class_prompt: the class images' prompt; null: the base's own preview prompts (see `dreambooth`).
         batch_repeats: each batch of concept images is used this many times per step, with other noise.
         lr: AdamW learning rate, reached at the end of the warm-up.
         weight_decay: AdamW weight decay.
@@ -53,6 +57,9 @@ class LoRA(ConceptTuner):
         unet_targets: str = UNET_TARGETS,
         train_text_encoder: bool = False,
         text_targets: str = TEXT_TARGETS,
+        prior_loss_weight: float = 1.0,
+        num_class_images: int = 64,
+        class_prompt: str | None = None,
         batch_repeats: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -67,3 +74,4 @@ class LoRA(ConceptTuner):
         add_lora(self.base.unet, lora_config(rank, alpha, dropout, unet_targets))
         if train_text_encoder:
             add_lora(self.base.text_encoder, lora_config(rank, alpha, dropout, text_targets))
+        self.init_prior(prior_loss_weight, num_class_images)

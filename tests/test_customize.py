@@ -109,6 +109,7 @@ def lora_run(tiny_ldm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fit_in(
         root, "--model", "lora", "--model.base", str(tiny_ldm), *FAST, "--data.root", str(folder),
         "--model.lr", "0.003", "--trainer.max_steps", "60", "--model.train_text_encoder", "true",
+        "--model.prior_loss_weight", "0",  # prior preservation: dreambooth's tests
     )  # fmt: skip
 
 

@@ -334,6 +334,8 @@ class ConceptTuner(FrozenBaseAdapter):
     base's; each batch is repeated `batch_repeats` times (other noise and times for each copy), since a
     concept folder holds fewer images than a batch. Samples as the base does, with what it learned."""
 
+    prior = False  # prior preservation: `init_prior`
+
     def add_concept_token(self) -> None:
         """On first build (the base read from its file), the token and its starting row."""
         hp = self.hparams
@@ -359,6 +361,52 @@ class ConceptTuner(FrozenBaseAdapter):
                 f"'a {self.hparams.token} circle' (python -m zoo.concepts writes such a folder) or pass "
                 "--model.token with the word the captions use"
             )
+        if self.prior and not bool(self.class_images_ready):
+            self.draw_class_images()
+
+    # --- prior preservation (DreamBooth's; lora's too) ------------------------------------------------
+
+    def init_prior(self, weight: float, num_images: int) -> None:
+        """Room for `num_images` class images, drawn by the untouched base at the first fit start and then
+        kept with the weights (a resumed run does not draw them from the tuned model); each step adds
+        `weight` x their loss. 0 for either: no prior."""
+        if weight < 0 or num_images < 0:
+            raise ValueError("prior_loss_weight and num_class_images must be non-negative")
+        self.prior = weight > 0 and num_images > 0
+        size, channels = self.base.hparams.image_size, self.base.hparams.in_channels
+        self.register_buffer(
+            "class_images", torch.zeros(num_images if self.prior else 0, channels, size, size)
+        )
+        self.register_buffer("class_images_ready", torch.tensor(False))
+
+    def class_prompts(self) -> list[str]:
+        """`class_prompt`, or the base's preview prompts (its training captions) spread over their sorted list
+        (their first n all begin "a blue ...")."""
+        hp, n = self.hparams, self.hparams.num_class_images
+        prompts = [hp.class_prompt] if hp.class_prompt else (self.base._preview_prompts or [""])
+        return [
+            prompts[(i * len(prompts)) // n] if n <= len(prompts) else prompts[i % len(prompts)]
+            for i in range(n)
+        ]
+
+    def draw_class_images(self) -> None:
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        prompts = self.class_prompts()
+        for start in range(0, len(prompts), 64):
+            chunk = prompts[start : start + 64]
+            images = self.base.generate(len(chunk), condition=chunk, generator=generator, progress=True)
+            self.class_images[start : start + len(chunk)] = images * 2 - 1
+        self.class_images_ready.fill_(True)
+
+    def prior_loss(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """The base's loss on n class images drawn at random, with their prompts."""
+        index = torch.randint(len(self.class_images), (n,), generator=generator)
+        prompts = self.class_prompts()
+        loss = self.caption_loss(self.class_images[index], [prompts[i] for i in index.tolist()], generator)
+        self.log("train/prior_loss" if self.training else "val/prior_loss", loss, batch_size=n)
+        return loss
+
+    # --- training -------------------------------------------------------------------------------------
 
     def concept_batch(self, batch: dict[str, Any]) -> tuple[Tensor, list[str]]:
         """The batch's images at the base's size and channels, and captions, `batch_repeats` times over."""
@@ -388,7 +436,11 @@ class ConceptTuner(FrozenBaseAdapter):
         )
 
     def _loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
-        return self.caption_loss(*self.concept_batch(batch), generator)
+        images, captions = self.concept_batch(batch)
+        loss = self.caption_loss(images, captions, generator)
+        if self.prior and bool(self.class_images_ready):
+            loss = loss + self.hparams.prior_loss_weight * self.prior_loss(len(images), generator)
+        return loss
 
     def configure_optimizers(self) -> Any:
         from zoo.module import adamw_with_warmup
