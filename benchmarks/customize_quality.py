@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from zoo.checkpoint import load_model
-from zoo.customize import apply_customization, lora_layers, set_lora_scales
+from zoo.customize import apply_customization, lora_layers, read_customization, set_lora_scales
 from zoo.io.images import save_grid
 from zoo.metrics.geneval import _shapes_module, shapes_judge
 
@@ -39,19 +39,11 @@ def load(args: argparse.Namespace):
     if args.ckpt:
         return load_model(args.ckpt).eval()
     model = load_model(args.base).eval()
-    if args.file:
+    if args.file:  # as zoo.sample --lora FILE[:SCALE] (or --embedding, for a file of tokens alone)
         path, _, scale = args.file.rpartition(":") if ":" in args.file else (args.file, "", "1")
-        custom = apply_customization(model, path, name="file", lora=True, base_sha256=None) if _has_lora(path) else \
-            apply_customization(model, path, name="file", lora=False)  # fmt: skip
-        if custom.lora:
+        if apply_customization(model, path, name="file", lora=bool(read_customization(path).lora)).lora:
             set_lora_scales(model, {"file": float(scale)})
     return model
-
-
-def _has_lora(path: str) -> bool:
-    from zoo.customize import read_customization
-
-    return bool(read_customization(path).lora)
 
 
 def judged(
@@ -83,7 +75,7 @@ def main() -> None:
     judge = shapes_judge(32, colors=list(grammar.ALL_COLOR_NAMES))
     model = load(args)
     colours, shapes = list(grammar.ALL_COLOR_NAMES), list(grammar.ALL_SHAPE_NAMES)
-    start, report, rows = time.time(), {"concept": {}, "base_prompts": {}}, []
+    start, report, rows = time.time(), {"concept": {}}, []
     for shape in BASE_SHAPES:
         scores, images = judged(model, judge, f"a {args.token} {shape}", colours.index(args.colour),
                                 shapes.index(shape), args.num, 0)  # fmt: skip

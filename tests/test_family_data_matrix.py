@@ -63,6 +63,7 @@ FAMILY_FLAGS: dict[str, list[str]] = {
     "progressive_distillation": [],
     "controlnet": ["--model.base", "no_such_ldm.ckpt"],
     "ip_adapter": ["--model.base", "no_such_ldm.ckpt", "--model.image_encoder", "no_such_clip.ckpt"],
+    **{name: ["--model.base", "no_such_ldm.ckpt"] for name in ("lora", "textual_inversion", "dreambooth")},
     "consistency": [
         "--model.base_channels", "8", "--model.channel_mults", "[1, 2]", "--model.attention_levels", "[1]",
         "--model.num_heads", "2", "--model.curriculum_steps", "2",
@@ -179,14 +180,15 @@ INCOMPATIBLE: dict[tuple[str, str], tuple[str, str]] = {
         )
         for data in ("shapes", "digits", "image_folder")
     },
-    # controlnet and ip_adapter adapt a trained ldm; zoo.fit trains one first when --model.base is not given
-    # (tests/test_controlnet.py, with a tiny one): here a --model.base that is not there is one line
+    # controlnet, ip_adapter, lora, textual_inversion and dreambooth adapt a trained ldm; zoo.fit trains one
+    # first when --model.base is not given (tests/test_controlnet.py, with a tiny one): here a --model.base that
+    # is not there is one line
     **{
         (family, data): (
             f"{family} is built on a trained ldm (its own tests train one)",
             r"--model\.base: checkpoint 'no_such_ldm\.ckpt' does not exist",
         )
-        for family in ("controlnet", "ip_adapter")
+        for family in ("controlnet", "ip_adapter", "lora", "textual_inversion", "dreambooth")
         for data in ("shapes", "digits", "image_folder")
     },
     **{
