@@ -632,11 +632,8 @@ class ShapesDataModule(ZooDataModule):
         max_objects: most shapes in an image, at least min_objects.
         object_weights: relative frequencies of min_objects..max_objects shapes (one weight each);
             null: uniform.
-        colors: the colours objects are drawn in, any of red, green, blue, yellow, purple, orange, pink,
-            cyan, brown (ALL_COLOR_NAMES) in any order and number (a list, or one name); null: the
-            first six.
-        shapes: the shapes drawn, any of circle, square, triangle, star, hexagon, cross
-            (ALL_SHAPE_NAMES; a list, or one name); null: the first three.
+        colors: colours drawn, a list or one name of ALL_COLOR_NAMES (+ pink, cyan, brown); null: six.
+        shapes: shapes drawn, of ALL_SHAPE_NAMES (+ star, hexagon, cross); null: the first three.
         shuffle_captions: training split only: each time an image is read, its objects are named in a
             random order ("a red circle left of a blue square" or "a blue square right of a red circle"),
             so the text encoder learns that both say the same; val and test keep their fixed captions.

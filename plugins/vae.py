@@ -112,8 +112,7 @@ class VAE(GenerativeModule):
         blocks_per_level: ResBlocks per resolution level in the encoder and in the decoder (one more at the latent size).
         beta: KL weight: loss = reconstruction + beta * KL, both divided by the image's pixels; small: sharp reconstructions.
         reconstruction_loss: l1 or l2 (squared error), summed over an image's pixels and channels.
-        color_augment: probability a training image (RGB) is recoloured: hue rotated uniformly, saturation
-            times U(0.4, 1), value times U(0.5, 1) (kornia); 0: as given.
+        color_augment: probability a training image is recoloured at random (`recolor`).
         lr: AdamW learning rate, reached at the end of the warm-up.
         weight_decay: AdamW weight decay, on every parameter.
         warmup_steps: optimizer steps of linear learning-rate warm-up.
@@ -200,7 +199,8 @@ class VAE(GenerativeModule):
     # --- Lightning ------------------------------------------------------------------------
 
     def recolor(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1], each recoloured with probability `color_augment` (see the class docstring). The
+        """Images in [-1, 1], each (RGB) recoloured with probability `color_augment`: hue rotated uniformly,
+        saturation times U(0.4, 1), value times U(0.5, 1) (kornia); see the module docstring. The
         draws come from torch's global generator, which zoo checkpoints: a resumed run recolours the same."""
         p = self.hparams.get("color_augment", 0.0)
         if p == 0 or x.shape[1] != 3:

@@ -137,8 +137,8 @@ def _pre_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=FILE",
-        help="a family built on others (controlnet, ip_adapter) trains each one not given (--model.NAME) first, "
-        "with its own recipe; this config file is read after that recipe (e.g. base=small_ldm.yaml)",
+        help="a family built on others (controlnet, lora, ...) trains each one not given (--model.NAME) "
+        "first; this file is read after its recipe (e.g. base=small_ldm.yaml)",
     )
     parser.add_argument("-h", "--help", action="store_true", help="zoo's flags and the family's arguments")
     parser.add_argument(
