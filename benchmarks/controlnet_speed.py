@@ -14,14 +14,13 @@ on the doubled batch), against the same U-Net step with no ControlNet: the overh
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ldm_speed import LENGTH, WIDTH, diffusers_unet, timed  # noqa: E402
+from ldm_speed import LENGTH, WIDTH, compare, diffusers_unet  # noqa: E402
 
 from zoo.nn.controlnet import ControlNet  # noqa: E402
 from zoo.nn.unet import UNet  # noqa: E402
@@ -86,14 +85,7 @@ def main() -> None:
     }  # fmt: skip
     print("| measure | zoo | diffusers | ratio diffusers/zoo (>1: zoo faster) |")
     print("|---|---|---|---|")
-    for name, (a, b) in cases.items():
-        a(), b()  # warm-up
-        times_a, times_b = [], []
-        for _ in range(args.steps):
-            times_a.append(timed(a))
-            times_b.append(timed(b))
-        ma, mb = statistics.median(times_a), statistics.median(times_b)
-        print(f"| {name} | {ma:.4f} | {mb:.4f} | {mb / ma:.2f} |")
+    compare(cases, args.steps)
 
 
 if __name__ == "__main__":

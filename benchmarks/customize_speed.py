@@ -14,14 +14,13 @@ sampling step of 16 images (x2) with the LoRA unmerged, merged into the weights,
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ldm_speed import LENGTH, WIDTH, diffusers_unet, timed  # noqa: E402
+from ldm_speed import LENGTH, WIDTH, compare, diffusers_unet  # noqa: E402
 
 from zoo.customize import UNET_TARGETS, add_lora, lora_config, merge_lora, unmerge_lora  # noqa: E402
 from zoo.nn.unet import UNet  # noqa: E402
@@ -74,22 +73,13 @@ def main() -> None:
     }  # fmt: skip
     print("| measure | zoo | diffusers | ratio diffusers/zoo (>1: zoo faster) |")
     print("|---|---|---|---|")
-    for name, (a, b) in cases.items():
-        a(), b()  # warm-up
-        times_a, times_b = [], []
-        for _ in range(args.steps):
-            times_a.append(timed(a))
-            times_b.append(timed(b))
-        ma, mb = statistics.median(times_a), statistics.median(times_b)
-        print(f"| {name} | {ma:.4f} | {mb:.4f} | {mb / ma:.2f} |")
+    compare(cases, args.steps)
     # merged: the adapters folded into the weights (no extra matmuls), as `merge_lora` does before sampling
     merge_lora(ours)
     merge_lora(theirs)  # peft's LoraLayer.merge on both
-    a, b = sample(run_ours), sample(run_theirs)
-    a(), b()
-    ta = statistics.median(timed(a) for _ in range(args.steps))
-    tb = statistics.median(timed(b) for _ in range(args.steps))
-    print(f"| guided sampling step, 16 (x2), LoRA merged (s) | {ta:.4f} | {tb:.4f} | {tb / ta:.2f} |")
+    compare(
+        {"guided sampling step, 16 (x2), LoRA merged (s)": (sample(run_ours), sample(run_theirs))}, args.steps
+    )
     unmerge_lora(ours)
     unmerge_lora(theirs)
 

@@ -54,6 +54,18 @@ def timed(fn) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
+def compare(cases: dict, steps: int) -> None:
+    """For each case name: (zoo's step, the peer's step), each run once to warm up, then timed alternately
+    `steps` times; a markdown row of the two medians and their ratio (>1: zoo faster)."""
+    import statistics
+
+    for name, (ours, theirs) in cases.items():
+        ours(), theirs()
+        times = [(timed(ours), timed(theirs)) for _ in range(steps)]
+        a, b = (statistics.median(t[i] for t in times) for i in (0, 1))
+        print(f"| {name} | {a:.4f} | {b:.4f} | {b / a:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

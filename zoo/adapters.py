@@ -182,14 +182,9 @@ def save_adapter(model: FrozenBaseAdapter, path: str | Path) -> Path:
     return path
 
 
-def load_adapter(
-    path: str | Path, base: str | Path, map_location: str | torch.device = "cpu"
-) -> FrozenBaseAdapter:
-    """The family written by `save_adapter` at `path`, on the `base` checkpoint it was trained on (checked by
-    sha256), in eval mode."""
+def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and metadata of a .safetensors file; a missing or damaged one is a CheckpointError."""
     from safetensors import SafetensorError, safe_open
-
-    from zoo.evaluate import sha256_of
 
     try:
         with safe_open(str(path), framework="pt") as file:
@@ -197,6 +192,17 @@ def load_adapter(
             tensors = {k: file.get_tensor(k) for k in file.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except (OSError, SafetensorError) as err:
         raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from err
+    return tensors, metadata
+
+
+def load_adapter(
+    path: str | Path, base: str | Path, map_location: str | torch.device = "cpu"
+) -> FrozenBaseAdapter:
+    """The family written by `save_adapter` at `path`, on the `base` checkpoint it was trained on (checked by
+    sha256), in eval mode."""
+    from zoo.evaluate import sha256_of
+
+    tensors, metadata = read_safetensors(path)
     if "zoo_model" not in metadata:
         raise CheckpointError(
             f"'{path}' was not written by zoo's save_adapter (no zoo_model in its metadata)"

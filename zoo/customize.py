@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo.adapters import FrozenBaseAdapter
+from zoo.adapters import FrozenBaseAdapter, read_safetensors
 from zoo.checkpoint import CheckpointError
 from zoo.module import inference
 
@@ -231,17 +231,10 @@ def save_customization(
 
 def read_customization(path: str | Path) -> Customization:
     """A file of `save_customization`, or a peft adapter folder saved from zoo's U-Net."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if path.is_dir():
         return _read_peft_folder(path)
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            tensors = {k: file.get_tensor(k) for k in file.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from err
+    tensors, metadata = read_safetensors(path)
     if "zoo_customization" not in metadata:
         raise CheckpointError(
             f"'{path}' is not a zoo customization file (written by the lora, textual_inversion or dreambooth "
