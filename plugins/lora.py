@@ -3,7 +3,9 @@ of Large Language Models"; for diffusion, as diffusers' train_text_to_image_lora
 
 peft's LoRA layers (W + B A * alpha / r, B starting at zero) wrap the frozen base U-Net's attention layers,
 optionally the text encoder's too; a new token names the concept in the captions ("a <s1> circle"). Only the
-LoRA matrices train, on the base's own loss. At the end the adapter alone is written as a small
+LoRA matrices train, on the base's own loss plus, by default, prior preservation on images the untouched base
+draws for its own prompts (as `dreambooth`; without it the pink LoRA turned every prompt pink: RESULTS.md,
+issue 18). At the end the adapter alone is written as a small
 `<run>/lora.safetensors` (peft's names, its LoraConfig, the token's row), which any number of times and
 scales can be applied to the base at sampling time.
 
