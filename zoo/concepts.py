@@ -18,8 +18,6 @@ folder (the `shapes` datamodule's `write_concept_folder`, reached through the re
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,10 +29,9 @@ from zoo.errors import DataError
 PROG = "python -m zoo.concepts"
 
 
-@functools.cache
 def _shapes_module() -> Any:
     # zoo/ reaches a datamodule only through the registry; the concept data lives beside ShapesDataModule
-    return importlib.import_module(registry.get_datamodule_class("shapes").__module__)
+    return registry.datamodule_module("shapes")
 
 
 def write_concept_folder(

@@ -317,6 +317,11 @@ def apply_customization(
     return custom
 
 
+def spread(items: list[str], n: int) -> list[str]:
+    """n of `items` evenly spaced over the list (all of them, cycled, when n is larger)."""
+    return [items[(i * len(items)) // n] if n <= len(items) else items[i % len(items)] for i in range(n)]
+
+
 # --- the families' shared part ----------------------------------------------------------------------------
 
 
@@ -375,12 +380,11 @@ class ConceptTuner(FrozenBaseAdapter):
     def class_prompts(self) -> list[str]:
         """`class_prompt`, or the base's preview prompts (its training captions) spread over their sorted list
         (their first n all begin "a blue ...")."""
-        hp, n = self.hparams, self.hparams.num_class_images
-        prompts = [hp.class_prompt] if hp.class_prompt else (self.base._preview_prompts or [""])
-        return [
-            prompts[(i * len(prompts)) // n] if n <= len(prompts) else prompts[i % len(prompts)]
-            for i in range(n)
-        ]
+        hp = self.hparams
+        return spread(
+            [hp.class_prompt] if hp.class_prompt else (self.base._preview_prompts or [""]),
+            hp.num_class_images,
+        )
 
     def draw_class_images(self) -> None:
         generator = torch.Generator(device=self.device).manual_seed(0)
@@ -479,7 +483,7 @@ class ConceptTuner(FrozenBaseAdapter):
             path = self.save_trained(Path(self.trainer.default_root_dir) / f"{name}.safetensors")
             print(
                 f"{name}: the learned concept alone ({path.stat().st_size:,} bytes), for the base ldm: python -m zoo.sample "
-                f"--ckpt {self.hparams.base} {'--lora' if self.lora_parts() else '--embedding'} {path} "
+                f"--ckpt {self.hparams.base} {'--lora' if lora_layers(self.base) else '--embedding'} {path} "
                 f'--prompt "a {self.hparams.token} circle"'
             )
 
@@ -518,8 +522,5 @@ class ConceptTuner(FrozenBaseAdapter):
             return {}
         concept = sorted(set(batch["caption"]))
         own = self.base._preview_prompts or concept
-        rest = n - n // 2  # the base's prompts spread over their sorted list
-        prompts = [concept[i % len(concept)] for i in range(n // 2)] + [
-            own[(i * len(own)) // rest % len(own)] for i in range(rest)
-        ]
+        prompts = [concept[i % len(concept)] for i in range(n // 2)] + spread(own, n - n // 2)
         return {"samples": self.generate(n, condition=prompts, generator=generator)}

@@ -20,6 +20,7 @@ import difflib
 import importlib.metadata as metadata
 import traceback
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 MODEL_GROUP = "zoo.models"
@@ -154,6 +155,14 @@ def get_model_class(name: str) -> type:
 def get_datamodule_class(name: str) -> type:
     """The class registered under `name` in `zoo.datamodules`."""
     return _lookup(name, datamodule_entries(), "datamodule").load()
+
+
+def datamodule_module(name: str) -> ModuleType:
+    """The module of the datamodule registered under `name`: what zoo/ reads beside a datamodule class (the
+    `shapes` grammar, its judge's data) without importing the datamodules package by path."""
+    import importlib
+
+    return importlib.import_module(get_datamodule_class(name).__module__)
 
 
 def create_model(name: str, **kwargs: Any) -> Any:

@@ -38,7 +38,6 @@ ALL_SHAPE_NAMES, whichever judge found it (the defaults are their first entries)
 from __future__ import annotations
 
 import functools
-import importlib
 import itertools
 import json
 import os
@@ -66,9 +65,8 @@ CATEGORIES = ("single_object", "two_objects", "position", "counting")
 
 @functools.cache
 def _shapes_module() -> Any:
-    # zoo/ reaches a datamodule only through the registry (a lookup of entry points: slow, so once); the
-    # grammar lives beside ShapesDataModule
-    return importlib.import_module(registry.get_datamodule_class("shapes").__module__)
+    # the grammar lives beside ShapesDataModule; a lookup of entry points is slow, so once
+    return registry.datamodule_module("shapes")
 
 
 @dataclass(frozen=True)

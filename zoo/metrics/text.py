@@ -124,11 +124,9 @@ def _perplexity(ctx: MetricContext) -> dict[str, float]:
 
 
 def _shapes_grammar():  # noqa: ANN202 - the datamodule module, found through the registry
-    import importlib
-
     from zoo import registry
 
-    return importlib.import_module(registry.get_datamodule_class("shapes").__module__)
+    return registry.datamodule_module("shapes")
 
 
 def attribute_distance(texts: Sequence[str], reference: Sequence[str]) -> dict[str, float]:
