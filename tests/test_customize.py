@@ -267,20 +267,22 @@ def test_dreambooth_draws_its_class_images_once_and_keeps_them(tiny_ldm: Path, t
 
 
 def test_captions_without_the_token_are_refused_by_name(tiny_ldm: Path, tmp_path: Path, capsys):
-    """The base's own data (shapes captions) never says "<s1>": the run stops before training, naming the fix."""
+    """Data whose captions never say "<s1>" (shapes): the run stops before training, naming the fix."""
     with pytest.raises(SystemExit) as stop:
-        fit_in(
-            tmp_path,
-            "--model",
-            "textual_inversion",
-            "--model.base",
-            str(tiny_ldm),
-            *QUIET,
-            "--trainer.max_steps",
-            "1",
-        )
+        fit_in(tmp_path, "--model", "textual_inversion", "--model.base", str(tiny_ldm), "--data", "shapes",
+               "--data.image_size", "16", "--data.num_train", "64", *QUIET, "--trainer.max_steps", "1")  # fmt: skip
     assert stop.value.code != 0
     assert "no training caption names the concept token '<s1>'" in capsys.readouterr().err
+
+
+def test_no_data_is_refused_before_anything_trains(tmp_path: Path, capsys):
+    """`python -m zoo.fit --model lora` alone would train a base ldm first (27 minutes) and then find no caption
+    naming the token: it stops at once and says which data to give."""
+    with pytest.raises(SystemExit) as stop:
+        fit_in(tmp_path, "--model", "lora", *QUIET)
+    assert stop.value.code == 2
+    assert "pass --data image_folder --data.root DIR" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_dreambooth_resumes_exactly(tiny_ldm: Path, tmp_path: Path):

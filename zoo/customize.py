@@ -333,6 +333,8 @@ class ConceptTuner(FrozenBaseAdapter):
     concept folder holds fewer images than a batch. Samples as the base does, with what it learned."""
 
     prior = False  # prior preservation: `init_prior`
+    # the base's own data never names the token: zoo.fit asks for the concept's data before it trains anything
+    data_hint = "image_folder --data.root DIR (captioned pictures that name the token; python -m zoo.concepts writes one)"
 
     def add_concept_token(self) -> None:
         """On first build (the base read from its file), the token and its starting row."""

@@ -387,6 +387,9 @@ def main(argv: Sequence[str] | None = None, *, run: bool = True) -> Any:
             return None
         model_class, data_name, data_class = _family_and_data(known)
         if not (known.help or known.help_all):
+            hint = getattr(model_class, "data_hint", None)  # a family whose data only its user has
+            if hint and not known.data:
+                raise UsageError(f"model '{known.model}' trains on data of your own: pass --data {hint}")
             rest = _with_parents(known, model_class, rest)
         parent_data = None if known.data else _data_of_parent(model_class, rest)
         if parent_data is not None:
