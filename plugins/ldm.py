@@ -26,12 +26,13 @@ Sampling, img2img, inpainting and outpainting run in latent space with the diffu
     python -m zoo.sample --ckpt ... --prompt "a green circle" --init-image x.png --strength 0.6
     python -m zoo.sample --ckpt ... --prompt "a green circle" --init-image x.png --mask hole.png
     python -m zoo.sample --ckpt ... --prompt "a green circle" --init-image x.png --outpaint left=16
+    python -m zoo.sample --ckpt ... --prompt "a red circle left of a blue square" --attend-excite   # circle, square
     python -m zoo.fit --model ldm --recipe dit_flow       # DiT + rectified flow; samples with --sampler euler|heun|...
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -50,6 +51,7 @@ from zoo.diffusion import (
     objective_sample,
     outpaint_canvas,
 )
+from zoo.diffusion import attend_excite as attend_excite_module
 from zoo.first_stage import FirstStageFamily, build_first_stage, first_stage_hparams
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module, check_choice, inference
 from zoo.nn.dit import DiT
@@ -328,6 +330,8 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
         strength: float = 1.0,
         mask: torch.Tensor | None = None,
         outpaint: dict[str, int] | None = None,
+        attend_excite: Sequence[str] | bool | None = None,
+        attend_excite_scale: float = attend_excite_module.SCALE,
         progress: bool = False,
     ) -> torch.Tensor:
         """`n` images in [0, 1] for `condition` (one prompt for all, or n prompts; None: unconditional).
@@ -336,7 +340,10 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
         - `init` (1 or n, C, H, W) in [0, 1] with `strength` < 1: img2img;
         - `init` with `mask` (1 or n, 1, H, W), 1 = regenerate: inpainting; unmasked pixels are kept exactly;
         - `init` with `outpaint` {"left": px, "right": px, "top": px, "bottom": px} (multiples of the VAE's
-          downsampling factor): extend the canvas and generate the new border.
+          downsampling factor): extend the canvas and generate the new border;
+        - `attend_excite`: Attend-and-Excite (`zoo.diffusion.attend_excite`, U-Net only), so that each subject
+          word of the prompt is attended somewhere in the image: True for the shape nouns of prompts of the
+          shapes grammar, or the words (each one token of the prompt); `attend_excite_scale` its step size.
         """
         guidance = self.hparams.guidance if guidance is None else guidance
         factor = self.first_stage.hparams.downsample_factor
@@ -368,9 +375,12 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
         if mask is not None and init is None:
             raise ValueError("inpainting needs the image to keep: pass init (--init-image) with the mask")
 
-        text = self.encode_text(self._prompts(condition, n))
+        prompts = self._prompts(condition, n)
+        text = self.encode_text(prompts)
         negative = self.encode_text(self._prompts("" if negative_prompt is None else negative_prompt, n))
         denoiser = guided_denoiser(self._unet, text, negative, guidance)
+        if attend_excite is not None and attend_excite is not False:
+            denoiser = self._attend_excite(denoiser, text, prompts, attend_excite, attend_excite_scale)
 
         shape = (n, self.latent_channels, height // factor, width // factor)
         pixels = known = latent_mask = None
@@ -389,6 +399,47 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
         if mask is not None:  # the kept pixels are the input's own, not their VAE reconstruction
             images = mask * images + (1 - mask) * pixels
         return ((images + 1) / 2).clamp(0, 1)
+
+    def _attend_excite(
+        self,
+        denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        text: dict[str, torch.Tensor],
+        prompts: list[str],
+        words: Sequence[str] | bool,
+        scale: float,
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`denoiser` with Attend-and-Excite updates for the subject `words` of `prompts` (True: found)."""
+        if self.unet is None:
+            raise ValueError(
+                f"attend_excite reads the U-Net's cross-attention; this ldm's backbone is {self.hparams.backbone}"
+            )
+        if not all(prompts):
+            raise ValueError("attend_excite needs prompts: give a condition (--prompt) to every sample")
+        if words is True:
+            per_prompt = [attend_excite_module.subject_words(p) for p in prompts]
+        else:
+            words = [words] if isinstance(words, str) else list(words)
+            if not words:
+                raise ValueError("attend_excite: name at least one subject word, or pass True to find them")
+            per_prompt = [words] * len(prompts)
+        # the token ids `encode_text` read: the clip's tokenizer and length, or the ldm's own
+        tokenizer = self.clip.tokenizer if self.clip is not None else self.tokenizer
+        if tokenizer is None:
+            raise ValueError(
+                "attend_excite needs the text encoder's tokenizer; this ldm has none (untrained?)"
+            )
+        length = self.clip.hparams.max_length if self.clip is not None else self.hparams.max_length
+        ids, mask = tokenizer(prompts, length)
+        subjects = attend_excite_module.subject_tokens(tokenizer, prompts, ids, per_prompt)
+        return attend_excite_module.attend_and_excite(
+            denoiser,
+            lambda x, t: self._unet(x, t, text),
+            self.unet,
+            attend_excite_module.text_tokens(tokenizer, ids, mask).to(self.device),
+            subjects.to(self.device),
+            attend_excite_module.objective_levels(self.hparams, self.schedule),
+            scale=scale,
+        )
 
     def previews(
         self, batch: dict[str, Any] | None, *, n: int, generator: torch.Generator

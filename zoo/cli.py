@@ -103,6 +103,11 @@ unit_interval = float_in(0.0, 1.0)
 finite_float = float_in(None, None)
 
 
+def word_list(text: str) -> list[str]:
+    """A comma-separated list of words: "circle, square" -> ["circle", "square"]."""
+    return [word.strip() for word in text.split(",") if word.strip()]
+
+
 def stop_string(text: str) -> str:
     """A `--stop` value: `\\n` and `\\t` typed in a shell mean a newline and a tab."""
     if not text:
@@ -147,6 +152,13 @@ GENERATION_FLAGS = (
         "vocoder", str,
         "text-to-speech families: a vocoder checkpoint (e.g. a hifigan run's last.ckpt); without it, Griffin-Lim",
     ),
+    SamplingFlag(
+        "attend_excite", word_list,
+        "ldm: Attend-and-Excite, so that each subject of the prompt is drawn: alone, the shape nouns of a shapes "
+        "prompt; or the subject words, comma-separated (--attend-excite circle,square)",
+        {"nargs": "?", "const": True, "metavar": "WORDS"},
+    ),
+    SamplingFlag("attend_excite_scale", non_negative_float, "ldm, --attend-excite: its step size (>= 0; default 20)"),
 )  # fmt: skip
 
 TEXT_DECODING_FLAGS = (

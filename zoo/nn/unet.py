@@ -89,6 +89,10 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.image_kv: nn.Linear | None = None  # add_image_attention
+        # a list while `zoo.diffusion.attend_excite.captured_attention` reads the text attention: each forward
+        # then computes softmax(q k^T / sqrt(d)) explicitly and appends it, (B, heads, H, W, L); None (the
+        # rest of the time): the fused kernel, untouched
+        self.attention_probabilities: list[torch.Tensor] | None = None
         self.out = nn.Linear(channels, channels)
         nn.init.zeros_(self.out.weight)  # starts as the identity, like every other block here
         nn.init.zeros_(self.out.bias)
@@ -105,6 +109,17 @@ class CrossAttention(nn.Module):
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
         return rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), "b h n d -> b n (h d)")
 
+    def _attend_explicitly(
+        self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_attend`'s result computed step by step, and its probabilities (B, heads, N, L)."""
+        k, v = rearrange(kv, "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
+        logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        if mask is not None:
+            logits = logits.masked_fill(~mask[:, None, None, :].to(torch.bool), float("-inf"))
+        probabilities = logits.softmax(dim=-1)
+        return rearrange(probabilities @ v, "b h n d -> b n (h d)"), probabilities
+
     def forward(
         self,
         x: torch.Tensor,
@@ -117,7 +132,13 @@ class CrossAttention(nn.Module):
         q = rearrange(
             self.q(rearrange(self.norm(x), "b c y x -> b (y x) c")), "b n (h d) -> b h n d", h=self.num_heads
         )
-        attended = self._attend(q, self.kv(context), mask)
+        if self.attention_probabilities is None:
+            attended = self._attend(q, self.kv(context), mask)
+        else:
+            attended, probabilities = self._attend_explicitly(q, self.kv(context), mask)
+            self.attention_probabilities.append(
+                rearrange(probabilities, "b h (y x) l -> b h y x l", y=height)
+            )
         if image_context is not None and self.image_kv is not None:
             scale = torch.as_tensor(image_scale, dtype=x.dtype, device=x.device)
             scale = scale.view(-1, 1, 1) if scale.ndim else scale  # one per sample, or one for all
