@@ -23,6 +23,7 @@ from zoo.diffusion import (
     check_options,
     diffusion_loss,
     drop_condition,
+    elbo_bits_per_dim,
     guided_denoiser,
     q_sample,
     sampling_options,
@@ -151,6 +152,21 @@ class DDPM(GenerativeModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
+
+    @inference
+    def bits_per_dim(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Negative ELBO in bits per dimension (B,) of images in [0, 1] read as 8-bit pixels (Ho et al. 2020,
+        `zoo.diffusion.elbo_bits_per_dim`): an upper bound on -log2 p(u) / D, T network calls. A
+        class-conditional model is scored with its null label: the unconditional model label dropout trained."""
+        x0 = (images.to(self.device, torch.float32) * 255).round() / 255 * 2 - 1
+        label = torch.full((len(x0),), self.null_label, device=self.device) if self.conditional else None
+        return elbo_bits_per_dim(
+            lambda x, t: self.unet(x, t, label),
+            x0,
+            self.schedule,
+            self.hparams.prediction,
+            generator=generator,
+        )
 
     # --- sampling ---------------------------------------------------------------------------
 

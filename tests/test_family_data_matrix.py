@@ -108,6 +108,10 @@ FAMILY_FLAGS: dict[str, list[str]] = {
         "--model.dim", "16", "--model.heads", "2", "--model.hidden", "32", "--model.encoder_layers", "1",
         "--model.decoder_layers", "1", "--model.duration_filters", "16",
     ],
+    **{
+        flow: ["--model.levels", "2", "--model.steps_per_level", "1", "--model.hidden_channels", "8"]
+        for flow in ("nice", "realnvp", "glow")
+    },
     "video_diffusion": [
         "--model.first_stage_steps", "2", "--model.first_stage_batch_size", "8",
         "--model.first_stage_config", FIRST_STAGE,

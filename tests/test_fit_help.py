@@ -13,8 +13,8 @@ from zoo import fit, registry
 # every family of zoo.plugins (the gan families are one class with other defaults, `zoo.gan.variant`;
 # stylegan forwards options to `zoo.gan.GANModule` as **training)
 FAMILIES = (
-    "clip", "consistency", "controlnet", "dcgan", "ddpm", "dit", "dreambooth", "flow_matching", "gpt", "hifigan",
-    "ip_adapter", "lcm", "ldm", "lora", "lsgan", "textual_inversion",
+    "clip", "consistency", "controlnet", "dcgan", "ddpm", "dit", "dreambooth", "flow_matching", "glow", "gpt",
+    "hifigan", "ip_adapter", "lcm", "ldm", "lora", "lsgan", "nice", "realnvp", "textual_inversion",
     "progressive_distillation", "sngan", "stylegan", "tts",
     "vae", "video_diffusion", "wgan_gp",
 )  # fmt: skip

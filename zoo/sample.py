@@ -165,6 +165,23 @@ def _add_editing_args(editing: argparse._ArgumentGroup) -> None:
         help="outpainting: extend --init-image, e.g. --outpaint left=16 top=8 (sides left, right, top, bottom)",
     )
     editing.add_argument(
+        "--edit-from",
+        dest="edit_from",
+        type=int,
+        metavar="LABEL",
+        help="flows (nice, realnvp, glow): edit --init-image in latent space from this label's mean code ...",
+    )
+    editing.add_argument(
+        "--edit-to",
+        dest="edit_to",
+        type=int,
+        metavar="LABEL",
+        help="... towards this label's: code + strength * (mean[TO] - mean[FROM]); --num N > 1: a sweep 0..strength",
+    )
+    editing.add_argument(
+        "--edit-strength", dest="edit_strength", type=float, help="flows: the edit's strength (default 1.0)"
+    )
+    editing.add_argument(
         "--init-video",
         dest="init_video",
         help="video families: continue this clip (a GIF, a video file or a folder of frames); "
@@ -292,6 +309,13 @@ def _check_editing_flags(args: argparse.Namespace, video: bool) -> None:
         raise UsageError("--outpaint needs --init-image (the picture to extend)", PROG)
     if args.strength is not None and not args.init_image:
         raise UsageError("--strength needs --init-image", PROG)
+    editing = [args.edit_from, args.edit_to]
+    if any(v is not None for v in editing) and None in editing:
+        raise UsageError("--edit-from and --edit-to go together (the labels to edit from and to)", PROG)
+    if (args.edit_from is not None or args.edit_strength is not None) and not args.init_image:
+        raise UsageError(
+            "--edit-from / --edit-to / --edit-strength need --init-image (the picture to edit)", PROG
+        )
     if args.init_video and not video:
         raise UsageError("--init-video is for video families", PROG)
     if args.init_video and args.init_image:
@@ -323,6 +347,16 @@ def _editing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         options["strength"] = args.strength
     if args.outpaint:
         options["outpaint"] = _outpaint(args.outpaint)
+    if args.edit_from is not None:
+        if "edit_from" not in inspect.signature(model.generate).parameters:
+            raise UsageError(
+                f"{type(model).__name__} cannot edit in latent space: --edit-from / --edit-to need an invertible "
+                "model with label mean codes (the flows nice, realnvp, glow)",
+                PROG,
+            )
+        options |= {"edit_from": args.edit_from, "edit_to": args.edit_to}
+        if args.edit_strength is not None:
+            options["edit_strength"] = args.edit_strength
     return options
 
 
@@ -486,7 +520,9 @@ def _one_file_requested(args: argparse.Namespace) -> bool:
 
     single = Path(args.out).suffix.lower() in FILE_SUFFIXES
     if args.num is None:
-        args.num = len(args.mel or args.wav or ()) or (1 if single else 64)
+        args.num = len(args.mel or args.wav or ()) or (
+            1 if single else 8 if args.edit_from is not None else 64
+        )
     if single and args.num != 1:
         raise UsageError(
             f"--out {args.out} names one file but --num is {args.num}: give --num 1, or a folder "

@@ -38,6 +38,7 @@ METRIC_MODULES: list[str] = [
     "zoo.metrics.audio",
     "zoo.metrics.text",
     "zoo.metrics.geneval",
+    "zoo.metrics.likelihood",
 ]
 ENTRY_POINT_GROUP = "zoo.metrics"
 
