@@ -243,6 +243,36 @@ def test_bits_per_dim_metric_for_vae_and_ddpm_bounds_and_a_family_without_one():
         metric.fn(MetricContext(real=images, model=object()))
 
 
+def test_a_class_conditional_glow_samples_edits_and_previews():
+    torch.manual_seed(0)
+    glow = registry.get_model_class("glow")(
+        image_size=8, num_classes=3, class_conditional=True, levels=2, steps_per_level=1, hidden_channels=8
+    )
+    images, labels = torch.rand(12, 1, 8, 8), torch.arange(12) % 3
+    glow.measure_label_means(images, labels)
+    assert glow.label_code_counts.tolist() == [4, 4, 4]
+    generator = torch.Generator().manual_seed(0)
+    samples = glow.generate(4, condition=[2], generator=generator, temperature=0.5)
+    assert samples.shape == (4, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 1
+    # strength 0 with the same label: the 8-bit image itself
+    assert torch.equal(glow.edit(images[:2], 1, 1, 0.0), (images[:2] * 255).round() / 255)
+    sweep = glow.generate(3, init=images[:1], edit_from=0, edit_to=2, edit_strength=1.0)
+    assert sweep.shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="edit_from and edit_to"):
+        glow.generate(1, init=images[:1])
+    with pytest.raises(ValueError, match="no mean code of label 0 yet"):
+        registry.get_model_class("glow")(image_size=8, num_classes=3, levels=1, steps_per_level=1).edit(
+            images[:1], 0, 1
+        )
+    batch = {"image": images * 2 - 1, "label": labels}
+    assert set(glow.previews(batch, n=4, generator=generator)) == {"samples", "samples_t0.7"}
+    unconditional = registry.get_model_class("realnvp")(
+        image_size=8, levels=1, steps_per_level=1, hidden_channels=8
+    )
+    previews = unconditional.previews(batch, n=16, generator=generator)
+    assert previews["interpolations"].shape == (16, 1, 8, 8)  # two rows of 8, from one image to the next
+
+
 # --- the families through the command line ----------------------------------------------------------
 
 TINY_REALNVP = [
