@@ -140,8 +140,8 @@ class ReverseChannels(nn.Module):
 class ActNorm(nn.Module):
     """z = (x + bias) * exp(log_scale) per channel (Glow, section 3.1).
 
-    The first forward batch sets bias and log_scale so that its output has zero mean and unit variance per
-    channel (over batch and pixels): a data-dependent initialisation that makes deep flows trainable without
+    The first forward batch in training mode sets bias and log_scale so that its output has zero mean and unit
+    variance per channel (over batch and pixels): a data-dependent initialisation that makes deep flows trainable without
     batch statistics. `initialized` is a buffer, saved in the state dict, so a reloaded model never
     initialises again. Under DDP the statistics are averaged over the ranks, so every rank starts from the
     same parameters (DDP does not broadcast parameters changed after it wrapped the model)."""
@@ -166,7 +166,7 @@ class ActNorm(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.initialized:
+        if not self.initialized and self.training:  # not in eval mode: Lightning's sanity check, sampling
             self.initialize(x)
         z = (x + self.bias) * self.log_scale.exp()
         logdet = self.log_scale.sum() * x.shape[2] * x.shape[3]
