@@ -40,6 +40,12 @@ def main() -> None:
     parser.add_argument("--sampler", default=None)
     parser.add_argument("--steps", default=None, help="sampler steps, or several: 4,8,10 (each measured)")
     parser.add_argument("--categories", default=",".join(CATEGORIES))
+    parser.add_argument(
+        "--attend-excite-scale",
+        type=float,
+        default=None,
+        help="sample with Attend-and-Excite on the prompts' subject words, at this step size",
+    )
     parser.add_argument("--out", default="benchmarks/out/ldm")
     args = parser.parse_args()
     model = load_model(args.ckpt)
@@ -55,6 +61,8 @@ def main() -> None:
             for k, v in (("guidance", args.guidance), ("sampler", args.sampler), ("steps", steps))
             if v is not None
         }
+        if args.attend_excite_scale is not None:
+            sampling |= {"attend_excite": True, "attend_excite_scale": args.attend_excite_scale}
         print(f"\n## sampling {sampling or 'defaults'}")
         measure(model, sampling, args, Path(args.out) / f"steps{steps or own.sampling_steps}")
 
