@@ -4,12 +4,12 @@
     python benchmarks/ddpm_quality.py --ckpt runs/flow_matching/<run>/checkpoints/last.ckpt --guidance 2 \
         --samplers euler,heun --steps 1,2,4,8,25
 
-Until zoo's metrics land, quality is measured with a feature extractor trained here on the real
-digits (multinomial logistic regression on pixels, at the checkpoint's resolution; its held-out
-accuracy is printed): (1) the accuracy with which it recognises the requested class in the
-samples, and (2) a Fréchet distance between the real and generated distributions of its 10
-logits (the FID formula, in this small feature space). Prints a Markdown table with wall times;
-writes one grid per sampler to --out.
+Until zoo's metrics land, quality is measured with a feature extractor trained on the real
+digits (`zoo.metrics.digits_judge`: multinomial logistic regression on pixels, at the checkpoint's
+resolution; its held-out accuracy is printed): (1) the accuracy with which it recognises the
+requested class in the samples, and (2) a Fréchet distance between the real and generated
+distributions of its 10 logits (the FID formula, in this small feature space). Prints a Markdown
+table with wall times; writes one grid per sampler to --out.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import linalg
-from sklearn.linear_model import LogisticRegression
 
 import zoo
 from zoo.checkpoint import load_model
 from zoo.diffusion import SAMPLERS
 from zoo.io.images import save_grid
+from zoo.metrics.digits_judge import fit_digits_judge
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,21 +52,13 @@ def main() -> None:
     if args.samplers is None:
         args.samplers = "euler" if hasattr(model, "velocity") else ",".join(SAMPLERS)
     size = model.hparams.image_size
-    data = zoo.create_datamodule("digits", image_size=size, channels=model.hparams.in_channels)
-    data.setup()
-
-    def arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
-        items = [dataset[i] for i in range(len(dataset))]
-        return torch.stack([t["image"] for t in items]).flatten(1).numpy(), torch.stack(
-            [t["label"] for t in items]
-        ).numpy()
-
-    x_train, y_train = arrays(data.train_set)
-    x_test, y_test = arrays(data.test_set)
-    classifier = LogisticRegression(max_iter=3000).fit(x_train, y_train)
+    judge = fit_digits_judge(
+        zoo.create_datamodule("digits", image_size=size, channels=model.hparams.in_channels)
+    )
+    classifier, x_train, x_test = judge.classifier, judge.train_pixels, judge.test_pixels
     real_features = classifier.decision_function(np.concatenate([x_train, x_test]))
     print(
-        f"checkpoint {args.ckpt}: {size}x{size}, classifier held-out accuracy {classifier.score(x_test, y_test):.3f}"
+        f"checkpoint {args.ckpt}: {size}x{size}, classifier held-out accuracy {judge.held_out_accuracy:.3f}"
     )
     print(f"reference: Fréchet distance between the real test split and the real train split: "
           f"{frechet_distance(classifier.decision_function(x_test), classifier.decision_function(x_train)):.2f}")  # fmt: skip
@@ -83,9 +75,8 @@ def main() -> None:
             images = model.generate(args.num, condition=requested, generator=torch.Generator().manual_seed(0),
                                     sampler=sampler, steps=steps, guidance=args.guidance)  # fmt: skip
             seconds = time.perf_counter() - start
-            flat = (images * 2 - 1).flatten(1).numpy()
-            accuracy = float(np.mean(classifier.predict(flat) == requested.numpy()))
-            distance = frechet_distance(real_features, classifier.decision_function(flat))
+            accuracy = float(np.mean(judge.predict(images) == requested.numpy()))
+            distance = frechet_distance(real_features, judge.logits(images))
             print(f"| {sampler} | {steps} | {accuracy:.3f} | {distance:.2f} | {seconds:.1f} |", flush=True)
             save_grid(images[:100], out / f"{sampler}_{steps}.png", nrow=10)
 
