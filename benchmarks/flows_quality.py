@@ -58,11 +58,12 @@ from zoo import registry
 from zoo.checkpoint import CheckpointError, load_model, require_family
 from zoo.evaluate import data_of_checkpoint, real_images
 from zoo.io.images import save_grid
-from zoo.metrics.digits_judge import DigitsJudge, fit_digits_judge
+from zoo.metrics.digits_judge import CNNDigitsJudge, DigitsJudge, cnn_digits_judge, fit_digits_judge
 from zoo.nn.flows import PIXEL_LEVELS, to_pixels
 
 FLOWS = ("nice", "realnvp", "glow")
 FAMILIES = (*FLOWS, "vae", "ddpm")
+Judge = DigitsJudge | CNNDigitsJudge  # the logistic regression, or the CNN as a second opinion
 KIND = {"nice": "exact", "realnvp": "exact", "glow": "exact", "vae": "ELBO bound", "ddpm": "ELBO bound"}
 NOT_SPLIT = {"self", "batch_size", "num_workers"}  # datamodule arguments that do not change the split
 TEMPERATURES = (1.0, 0.7)
@@ -197,7 +198,7 @@ def likelihood_table(
 # --- 2. samples judged by the real-digits classifier ------------------------------------------------------
 
 
-def judged(judge: DigitsJudge, images: Tensor) -> tuple[float, np.ndarray]:
+def judged(judge: Judge, images: Tensor) -> tuple[float, np.ndarray]:
     """The judge's mean max-probability confidence on images, and the share of each predicted class (10,)."""
     probabilities = judge.probabilities(images)
     shares = np.bincount(probabilities.argmax(1), minlength=probabilities.shape[1]) / len(images)
@@ -212,7 +213,7 @@ def shares_cells(confidence: float, shares: np.ndarray) -> str:
 
 
 def sample_table(
-    flows: dict[str, Loaded], judge: DigitsJudge, test: Tensor, args: argparse.Namespace
+    flows: dict[str, Loaded], judge: Judge, test: Tensor, args: argparse.Namespace
 ) -> dict[str, float]:
     """Table 2: samples at each temperature, judged; grids to --out. The seconds of each flow's sampling."""
     accuracy = judge.held_out_accuracy
@@ -306,7 +307,7 @@ def pixel_editor(datamodule: Any, strength: float, seed: int) -> Editor:
 
 
 def edit_row(
-    name: str, editor: Editor, judge: DigitsJudge, test: Tensor, labels: Tensor, args: argparse.Namespace
+    name: str, editor: Editor, judge: Judge, test: Tensor, labels: Tensor, args: argparse.Namespace
 ) -> str:
     """A row of table 3: each test image of A edited toward B, for each pair; the grid `<name>_edits.png`."""
     pairs = [(a, b) for a, b in edit_pairs(args.edit_pairs) if (labels == a).any()]
@@ -326,7 +327,7 @@ def edit_row(
 
 
 def edit_table(
-    flows: dict[str, Loaded], judge: DigitsJudge, datamodule: Any, args: argparse.Namespace
+    flows: dict[str, Loaded], judge: Judge, datamodule: Any, args: argparse.Namespace
 ) -> dict[str, float]:
     """Table 3, with the pixel-space reference row; the seconds of each flow's edits and interpolations."""
     test, labels, _ = real_images(datamodule, "test", args.num_test, args.seed)
@@ -378,11 +379,16 @@ def main() -> None:
     flows = {name: item for name, item in loaded.items() if name in FLOWS}
     if flows:
         start = time.perf_counter()
-        judge = fit_digits_judge(datamodule)
-        timings["fit the real-digits judge"] = time.perf_counter() - start
         test, _, _ = real_images(datamodule, "test", args.num_test, args.seed)
-        timings.update(sample_table(flows, judge, test, args))
-        timings.update(edit_table(flows, judge, datamodule, args))
+        judges = {"logistic regression": fit_digits_judge(datamodule),
+                  "zoo digits CNN": cnn_digits_judge(test.shape[-1], test.shape[1])}  # fmt: skip
+        timings["fit the real-digits judges"] = time.perf_counter() - start
+        for name, judge in judges.items():
+            print(f"\n## Judge: {name}")
+            timings.update({f"{k} ({name})": v for k, v in sample_table(flows, judge, test, args).items()})
+            timings.update(
+                {f"{k} ({name})": v for k, v in edit_table(flows, judge, datamodule, args).items()}
+            )
         print(f"\ngrids in {args.out}/")
     timings["total"] = time.perf_counter() - started
     print("\n### Wall time\n\n| part | seconds |\n|---|---|")

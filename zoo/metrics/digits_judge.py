@@ -69,4 +69,29 @@ def fit_digits_judge(datamodule: Any, max_iter: int = 3000) -> DigitsJudge:
     return DigitsJudge(classifier, x_train, y_train, x_test, y_test, accuracy)
 
 
-__all__ = ["DigitsJudge", "fit_digits_judge", "split_arrays"]
+@dataclass
+class CNNDigitsJudge:
+    """The same interface over zoo's CNN of real digits (`zoo.metrics.extractors.image_extractor`): a
+    second opinion that is not linear in the pixels, so a mean-image difference does not fool it as
+    it fools the logistic regression (a pixel-space edit toward B reads as B to a linear judge)."""
+
+    network: Any  # zoo.metrics.extractors.ImageClassifier
+    held_out_accuracy: float
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return self.network.logits(images.detach().float().cpu()).softmax(-1).numpy()
+
+    def predict(self, images: torch.Tensor) -> np.ndarray:
+        return self.probabilities(images).argmax(-1)
+
+
+def cnn_digits_judge(image_size: int, channels: int = 1) -> CNNDigitsJudge:
+    """zoo's digits CNN at this resolution (trained on first use and cached), as a judge."""
+    from zoo.metrics.extractors import image_extractor
+
+    network = image_extractor("digits", image_size, channels)
+    return CNNDigitsJudge(network, network.held_out_accuracy)
+
+
+__all__ = ["CNNDigitsJudge", "DigitsJudge", "cnn_digits_judge", "fit_digits_judge", "split_arrays"]
