@@ -91,6 +91,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=500, help="samples per flow and temperature")
     parser.add_argument("--edit-pairs", default="next", help="'next' (A to (A+1)%%10), 'all' or 'A:B,A:B'")
     parser.add_argument("--edit-strength", type=float, default=1.0)
+    parser.add_argument(
+        "--label-means",
+        choices=("checkpoint", "train"),
+        default="checkpoint",
+        help="the label mean codes: the checkpoint's (its last validation: 18 images a digit) "
+        "or measured on the train split (about 144 a digit); the pixel reference uses the same split",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="as zoo.evaluate's default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -249,10 +256,17 @@ def edit_pairs(spec: str, classes: int = 10) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in (pair.split(":") for pair in spec.split(","))]
 
 
-def ensure_label_means(name: str, model: Any, datamodule: Any, labels: set[int], seed: int) -> None:
-    """The checkpoint's label mean codes; measured on the validation split (and said) if it lacks some."""
+def ensure_label_means(
+    name: str, model: Any, datamodule: Any, labels: set[int], seed: int, source: str = "checkpoint"
+) -> None:
+    """The checkpoint's label mean codes; measured on the validation split (and said) if it lacks some.
+    `source` "train": measured on the train split whatever the checkpoint holds."""
     if model.hparams.num_classes == 0:
         raise ValueError("trained without labels (num_classes 0): no label means to edit with")
+    if source == "train":
+        images, train_labels, _ = real_images(datamodule, "train", 10**9, seed)
+        model.measure_label_means(images, torch.tensor(train_labels))
+        return
     if all(model.label_code_counts[label] > 0 for label in labels):
         return
     images, val_labels, _ = real_images(datamodule, "val", 10**9, seed)
@@ -296,11 +310,11 @@ def flow_edit(model: Any, images: Tensor, a: int, b: int, strength: float) -> Te
     return model.edit(images, a, b, strength)
 
 
-def pixel_editor(datamodule: Any, strength: float, seed: int) -> Editor:
-    """The reference edit in pixel space: image + strength * (mean validation image of B - that of A), as
+def pixel_editor(datamodule: Any, strength: float, seed: int, split: str = "val") -> Editor:
+    """The reference edit in pixel space: image + strength * (mean `split` image of B - that of A), as
     8-bit pixels. What an identity flow's editing does; a linear judge reads it as B almost by construction,
     so a flow's editing is worth its share only above this row."""
-    images, labels, _ = real_images(datamodule, "val", 10**9, seed)
+    images, labels, _ = real_images(datamodule, split, 10**9, seed)
     labels = torch.tensor(labels)
     means = torch.stack([images[labels == k].mean(0) for k in range(int(labels.max()) + 1)])
     return lambda x, a, b: to_pixels((x + strength * (means[b] - means[a])).clamp(0, 1)) / 255
@@ -333,12 +347,13 @@ def edit_table(
     test, labels, _ = real_images(datamodule, "test", args.num_test, args.seed)
     labels = torch.tensor(labels)
     print(f"\n### Attribute editing of {len(test)} held-out test digits, strength {args.edit_strength} "
-          f"(pairs: {args.edit_pairs}; goal: >= 0.8 judged as the target)\n")  # fmt: skip
+          f"(pairs: {args.edit_pairs}; label means: {args.label_means}; goal: >= 0.8 judged as the target)\n")  # fmt: skip
     print("| model | pairs | edits | sources judged A | edits judged B | edits still judged A | mean p(B) | "
           "mean pixel change (levels) | judged B per pair | seconds |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     start = time.perf_counter()
-    reference = pixel_editor(datamodule, args.edit_strength, args.seed)
+    split = "train" if args.label_means == "train" else "val"
+    reference = pixel_editor(datamodule, args.edit_strength, args.seed, split)
     row = edit_row("pixels (reference: mean-image difference)", reference, judge, test, labels, args)
     print(f"{row} {time.perf_counter() - start:.1f} |", flush=True)
     needed = {label for pair in edit_pairs(args.edit_pairs) for label in pair}
@@ -346,7 +361,7 @@ def edit_table(
     for name, item in flows.items():
         start = time.perf_counter()
         try:
-            ensure_label_means(name, item.model, datamodule, needed, args.seed)
+            ensure_label_means(name, item.model, datamodule, needed, args.seed, args.label_means)
             editor = partial(flow_edit, item.model, strength=args.edit_strength)
             row = edit_row(name, editor, judge, test, labels, args)
             interpolation_grid(item.model, test, labels, Path(args.out) / f"{name}_interpolations.png")

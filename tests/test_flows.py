@@ -207,6 +207,9 @@ def test_uniform_dequantisation_and_bits_per_dim():
     assert x.min() >= -1 and x.max() < 1
     assert torch.equal(to_images(x), (pixels / 255).expand(50, 256))  # each draw stays in its pixel's cell
     assert torch.equal(to_images(bin_centres(pixels)), pixels / 255)
+    # an overflowed decode (an edit far off the data) still comes back as an image
+    overflowed = to_images(torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30]))
+    assert torch.equal(overflowed, torch.tensor([0.0, 1.0, 0.0, 1.0]))
     # a density uniform on [-1, 1)^D is 2^-D: every one of the 256 levels equally likely, 8 bits
     assert bits_per_dim(torch.tensor(-64 * math.log(2.0)), 64).item() == pytest.approx(8.0)
 

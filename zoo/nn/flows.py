@@ -73,7 +73,12 @@ def bin_centres(pixels: Tensor) -> Tensor:
 
 
 def to_images(x: Tensor) -> Tensor:
-    """The 8-bit images in [0, 1] whose dequantisation cells hold x in [-1, 1): u = floor((x + 1) * 128)."""
+    """The 8-bit images in [0, 1] whose dequantisation cells hold x in [-1, 1): u = floor((x + 1) * 128).
+
+    A code far from the data (a strong edit) can overflow an affine coupling's inverse, which divides by its
+    scale: 1 edit in 180 on the digits realnvp gave inf - inf = NaN pixels. Those decode to black, infinities
+    to the nearest level, so an image always comes back (with the overflow visible in it)."""
+    x = torch.nan_to_num(x, nan=-1.0, posinf=1.0, neginf=-1.0)
     return torch.floor((x + 1) * (PIXEL_LEVELS / 2)).clamp(0, 255) / 255
 
 
