@@ -186,3 +186,17 @@ def tiny_ldm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ldm on 16x16 shapes (8x8 latents), 150 steps: the base or teacher of the families built on
     one (lcm, controlnet); enough that its guided many-step samples differ from its one-step x0 guess."""
     return fit_in(tmp_path_factory.mktemp("tiny_ldm"), *TINY_LDM, "--trainer.max_steps", "150")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _thread_count_restored() -> Iterator[None]:
+    """A test file that sets torch's thread count must put it back: two fixtures left it at 1, and every later
+    file then ran on one thread (the suite took 18:41 instead of about 14 minutes)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, (
+        f"this test file left torch.get_num_threads() at {torch.get_num_threads()}, not {threads}: restore it "
+        "(torch.set_num_threads in a try/finally), or every later test file runs on the wrong thread count"
+    )

@@ -292,8 +292,14 @@ TINY_REALNVP = [
 @pytest.fixture(scope="module")
 def realnvp_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny realnvp trained for 45 steps on 8x8 digits (the digits' own size) by `python -m zoo.fit`."""
+    # one thread for this tiny run, then the suite's own count back: left at 1, every later test file ran
+    # with one thread (the whole suite 18:41 instead of about 14 minutes)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return fit_in(tmp_path_factory.mktemp("realnvp"), *TINY_REALNVP)
+    try:
+        return fit_in(tmp_path_factory.mktemp("realnvp"), *TINY_REALNVP)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _val_digits(num: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

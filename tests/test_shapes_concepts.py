@@ -270,10 +270,14 @@ def tiny_wide_judge():
     """A judge of all nine colours after two training steps: its shape, not its skill."""
     from zoo.metrics.geneval import train_shapes_judge
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return train_shapes_judge(
-        image_size=16, num_train=128, num_test=16, epochs=1, colors=list(ALL_COLOR_NAMES)
-    )
+    try:  # the suite's thread count back afterwards: later test files would otherwise run on one thread
+        return train_shapes_judge(
+            image_size=16, num_train=128, num_test=16, epochs=1, colors=list(ALL_COLOR_NAMES)
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_extended_judge_has_nine_colours_and_its_own_cache_file(tiny_wide_judge):
