@@ -46,7 +46,7 @@ from zoo.diffusion import (
 )
 from zoo.first_stage import FirstStageFamily, build_first_stage, first_stage_hparams
 from zoo.module import GenerativeModule, adamw_with_warmup, check_choice, inference
-from zoo.nn.dit import DiT
+from zoo.nn.dit import DiT, DiTBlock
 
 
 class LatentDiT(FirstStageFamily, GenerativeModule):
@@ -86,6 +86,7 @@ class LatentDiT(FirstStageFamily, GenerativeModule):
     family_name = "dit"
     modality = "image"
     default_data = "shapes"
+    fsdp_blocks = (DiTBlock,)  # the FSDP unit under --trainer.strategy zoo_fsdp (zoo.strategies)
 
     def __init__(
         self,

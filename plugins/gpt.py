@@ -242,6 +242,7 @@ class GPT(GenerativeModule):
 
     modality = "text"
     default_data = "captions"
+    fsdp_blocks = (Block,)  # the FSDP unit under --trainer.strategy zoo_fsdp (zoo.strategies)
 
     def __init__(
         self,

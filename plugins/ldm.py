@@ -54,10 +54,10 @@ from zoo.diffusion import (
 from zoo.diffusion import attend_excite as attend_excite_module
 from zoo.first_stage import FirstStageFamily, build_first_stage, first_stage_hparams
 from zoo.module import GenerativeModule, adamw_with_warmup, build_module, check_choice, inference
-from zoo.nn.dit import DiT
+from zoo.nn.dit import DiT, DiTBlock
 from zoo.nn.layers import masked_mean
 from zoo.nn.text import CaptionConditioned, CaptionTokenizer, TextEncoder
-from zoo.nn.unet import UNet
+from zoo.nn.unet import CrossAttention, ResBlock, SelfAttention, UNet
 
 OUTPAINT_SIDES = ("left", "right", "top", "bottom")
 BACKBONES = ("unet", "dit")
@@ -113,6 +113,8 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
     family_name = "ldm"
     modality = "image"
     default_data = "shapes"
+    # the FSDP units under --trainer.strategy zoo_fsdp (zoo.strategies): the U-Net's and the DiT's blocks
+    fsdp_blocks = (ResBlock, SelfAttention, CrossAttention, DiTBlock)
     condition_key = "caption"  # zoo.evaluate generates for the real split's captions
     untrained_first_stage_message = (
         "the ldm's first stage is untrained: train with `python -m zoo.fit --model ldm` (which trains "

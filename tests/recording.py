@@ -9,6 +9,10 @@ from pathlib import Path
 import lightning as L
 
 
+def digest(image) -> str:
+    return hashlib.sha1(image.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 class RecordBatches(L.Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -16,12 +20,13 @@ class RecordBatches(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         for image in batch["image"]:
-            digest = hashlib.sha1(image.detach().cpu().numpy().tobytes()).hexdigest()[:16]
-            self.seen.append((trainer.current_epoch, digest))
+            self.seen.append((trainer.current_epoch, digest(image)))
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        weights = b"".join(p.detach().cpu().numpy().tobytes() for p in pl_module.state_dict().values())
         record = {
+            "weights": hashlib.sha1(weights).hexdigest(),
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
             "steps": trainer.global_step,

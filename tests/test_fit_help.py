@@ -32,6 +32,7 @@ CASES = [
     ("video_diffusion", "moving_shapes"),
     ("video_diffusion", "moving_digits"),
     ("video_diffusion", "video_folder"),
+    ("vae", "streaming"),  # any modality: what zoo.data.optimize wrote (tests/test_streaming.py)
 ]
 
 

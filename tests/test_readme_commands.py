@@ -11,6 +11,7 @@ To run in seconds, each is run with what the README leaves to the reader filled 
 - `zoo.fit` commands that train for minutes run with `--print_config` added: the whole command line is
   parsed and composed with the recipe (a wrong flag or value fails), and the training itself is what the
   family's own tests run. `--help` runs as it is.
+- `zoo.data.optimize --data shapes` writes 16 training scenes, not the default 10,000;
 - `zoo.evaluate ... --metrics geneval` runs with a small judge (test_ldm trains the same), since the real one
   trains for a minute.
 """
@@ -57,7 +58,7 @@ FAMILIES = sorted({m for c in COMMANDS for m in CKPT.findall(c)})
 
 def test_the_readme_has_commands_of_every_verb():
     verbs = {c.split()[0] for c in COMMANDS}
-    assert verbs == {"zoo.list", "zoo.fit", "zoo.sample", "zoo.evaluate"}, verbs
+    assert verbs == {"zoo.list", "zoo.fit", "zoo.sample", "zoo.evaluate", "zoo.data.optimize"}, verbs
     assert len(COMMANDS) > 25
 
 
@@ -158,6 +159,11 @@ def _run(verb: str, args: list[str], capsys: pytest.CaptureFixture, monkeypatch:
             judge = train_shapes_judge(image_size=16, num_train=200, num_test=50, epochs=1)
             monkeypatch.setattr(geneval_module, "shapes_judge", lambda size, **kw: judge)
         assert main([*args, "--no-progress"])
+    elif verb == "zoo.data.optimize":
+        from zoo.data.optimize import main
+
+        small = ["--data.num_train", "16", "--data.num_val", "4", "--data.num_test", "4"]
+        assert main([*args, *(small if args[args.index("--data") + 1] == "shapes" else [])])
     else:
         pytest.fail(f"no runner for {verb}")
 

@@ -25,6 +25,8 @@ def _first_line(err: BaseException) -> str:
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint's dictionary, read with `weights_only=True` where the file allows it."""
     path = Path(path)
+    if path.is_dir() and (path / "meta.pt").is_file():
+        return read_sharded_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint '{path}' does not exist (runs keep theirs in runs/<model>/<run>/checkpoints/)"
@@ -57,6 +59,22 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"'{path}' is a PyTorch file but not a Lightning checkpoint (it has no 'state_dict')"
         )
+    return checkpoint
+
+
+def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
+    """A folder that FSDP wrote with `state_dict_type="sharded"` (`--trainer.strategy zoo_fsdp_sharded`), consolidated
+    into one checkpoint dictionary in memory, the way Lightning's `consolidate_checkpoint` does it on disk."""
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+
+    try:
+        checkpoint = _format_checkpoint(_load_distributed_checkpoint(path))
+    except Exception as err:
+        raise CheckpointError(
+            f"sharded checkpoint folder '{path}' cannot be read ({type(err).__name__}: {_first_line(err)}): a shard "
+            "is missing or corrupt. Use another checkpoint of the run or train again."
+        ) from err
     return checkpoint
 
 

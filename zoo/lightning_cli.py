@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +49,27 @@ class ZooCLI(LightningCLI):
         parser.add_lightning_class_args(MetricsCallback, "metrics")
         model_params = _init_params(self.model_class)
         data_params = _init_params(self.datamodule_class)
+        from_root = getattr(self.datamodule_class, "attributes_from_root", False)  # streaming data's zoo.json
         for source, target in LINKS.items():
             if source in data_params and target in model_params:
                 parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="parse")
+            elif from_root and target in model_params:
+                default = _init_default(self.model_class, target)
+                parser.link_arguments(
+                    "data",
+                    f"model.{target}",
+                    compute_fn=partial(_data_attribute, source, default),
+                    apply_on="instantiate",
+                )
         # the number of classes is known once the datamodule exists (image_folder counts folders)
         if "num_classes" in model_params and hasattr(self.datamodule_class, "num_classes"):
             parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         # a text model's vocabulary is its data's tokenizer's, known once the datamodule exists
         if "vocab_size" in model_params and hasattr(self.datamodule_class, "vocab_size"):
             parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        elif "vocab_size" in model_params and from_root:
+            compute = partial(_data_attribute, "vocab_size", _init_default(self.model_class, "vocab_size"))
+            parser.link_arguments("data", "model.vocab_size", compute_fn=compute, apply_on="instantiate")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         try:
@@ -96,6 +110,14 @@ class ZooCLI(LightningCLI):
             raise UsageError(f"{err} (--traceback shows where it was raised)", PROG) from err
 
     def before_fit(self) -> None:
+        data_modality = getattr(self.datamodule, "modality", None)  # streaming data: known from its zoo.json
+        model_modality = getattr(self.model, "modality", None)
+        if data_modality and model_modality and data_modality != model_modality:
+            raise UsageError(
+                f"the data at {getattr(self.datamodule, 'root', '--data')} is {data_modality} data, but model "
+                f"'{self.model_name}' needs {model_modality} data",
+                PROG,
+            )
         # A family may need work before its training proper: `ldm` trains its tokenizer and its first
         # stage here (with their own progress bars), in the run folder, unless the run resumes.
         prepare = getattr(self.model, "prepare_fit", None)
@@ -131,6 +153,22 @@ class SaveConfigToRunFolder(SaveConfigCallback):
         folder = Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True)
+
+
+def _init_default(cls: type, name: str) -> Any:
+    """The default of `cls(...)`'s keyword argument `name`, from the first `__init__` up the MRO that has it."""
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters if "__init__" in vars(klass) else {}
+        if name in params and params[name].default is not inspect.Parameter.empty:
+            return params[name].default
+    return None
+
+
+def _data_attribute(name: str, default: Any, data: Any) -> Any:
+    """`data.name`, or the model argument's default where the data has no such attribute (streaming data
+    of another modality, or without a tokenizer)."""
+    value = getattr(data, name, None)
+    return default if value is None else value
 
 
 def point_logger_at(logger: Any, root: Path, model_name: str) -> None:

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from zoo.metrics.image import fid_metric
+from zoo.strategies import is_sharded
 
 
 class MetricsCallback(L.Callback):
@@ -133,6 +134,13 @@ class MetricsCallback(L.Callback):
         """Generate, compute and log the metrics now (unless the time budget says to skip)."""
         step = trainer.global_step
         if step == self._last_step or self._real is None:
+            return {}
+        if is_sharded(trainer):  # every rank returns here, so no rank waits in a collective
+            if not self._warned:
+                self._warned = True
+                rank_zero_warn(
+                    "MetricsCallback: off under FSDP; evaluate the checkpoint with python -m zoo.evaluate"
+                )
             return {}
         if not force and not self._within_budget(trainer):
             self.skipped.append(step)

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from zoo.io.images import image_grid, save_grid
+from zoo.strategies import is_sharded
 
 
 def _first_batch(trainer: L.Trainer) -> dict[str, Any] | None:
@@ -61,6 +62,12 @@ class SampleGrid(L.Callback):
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         if step == self._last_step or self.num_samples <= 0 or not hasattr(pl_module, "previews"):
+            return
+        if is_sharded(trainer):
+            if self._last_step != -2:
+                self._last_step = -2
+                print("SampleGrid: no sample grids under FSDP (each rank holds a shard of the weights); "
+                      "draw samples from the checkpoint with python -m zoo.sample")  # fmt: skip
             return
         self._last_step = step
         if getattr(pl_module, "modality", "image") == "text":
