@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (two workers on two cores) each worker computes on one thread: two processes of two
+# threads each on two cores slow each other down several times. Set before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
