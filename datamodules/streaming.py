@@ -20,7 +20,8 @@ when an item is read is frozen likewise.
 
 from __future__ import annotations
 
-import importlib
+import functools
+import pkgutil
 from typing import Any, ClassVar
 
 import torch
@@ -129,7 +130,7 @@ class StreamingDataModule(ZooDataModule):
             f"{type(self).__name__} of {self.__dict__.get('root')!r} has no attribute {name!r}"
         )
 
-    @property
+    @functools.cached_property
     def tokenizer(self) -> Any:
         state = self.meta.get("tokenizer")
         if state is None:
@@ -172,11 +173,7 @@ class StreamingDataModule(ZooDataModule):
 
 
 def _import(path: str) -> Any:
-    module, _, name = path.partition(":")
     try:
-        value: Any = importlib.import_module(module)
-        for part in name.split("."):
-            value = getattr(value, part)
-    except (ImportError, AttributeError) as err:
+        return pkgutil.resolve_name(path)
+    except (ImportError, AttributeError, ValueError) as err:
         raise DataError(f"the data set's collate function {path} cannot be imported: {err}") from err
-    return value

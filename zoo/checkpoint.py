@@ -25,7 +25,9 @@ def _first_line(err: BaseException) -> str:
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint's dictionary, read with `weights_only=True` where the file allows it."""
     path = Path(path)
-    if path.is_dir() and (path / "meta.pt").is_file():
+    from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
+
+    if _is_sharded_checkpoint(path):
         return read_sharded_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(

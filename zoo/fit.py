@@ -101,9 +101,10 @@ def _run_dir_of_checkpoint(ckpt_path: str | None) -> Path | None:
     return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
-def _init_params(cls: type) -> set[str]:
-    """The keyword arguments `cls(...)` takes, following `**kwargs` up to the base classes' `__init__`."""
-    names: set[str] = set()
+def _init_params(cls: type) -> dict[str, Any]:
+    """The keyword arguments `cls(...)` takes, following `**kwargs` up to the base classes' `__init__`, each
+    with its default (the most derived `__init__`'s; None for a required one)."""
+    defaults: dict[str, Any] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
@@ -111,12 +112,12 @@ def _init_params(cls: type) -> set[str]:
             params = inspect.signature(klass.__init__).parameters
         except (TypeError, ValueError):
             break
-        names |= {
-            n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        }
+        for n, p in params.items():
+            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                defaults.setdefault(n, None if p.default is p.empty else p.default)
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             break
-    return names
+    return defaults
 
 
 def _pre_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import inspect
 import os
 import sys
 from functools import partial
@@ -27,9 +26,18 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from zoo import registry
 from zoo.callbacks import CheckpointOnException, FinalCheckpoint, MetricsCallback, SampleGrid
 from zoo.cli import UsageError
-from zoo.fit import LINKS, PROG, RUN_DIR_ENV, _init_params, _run_dir_of_checkpoint, new_run_dir
+from zoo.fit import (
+    LINKS,
+    PROG,
+    RUN_DIR_ENV,
+    _init_params,
+    _run_dir_of_checkpoint,
+    check_modality,
+    new_run_dir,
+)
 
 ZOO_FLAGS = ("--model", "--data", "--recipe", "--logger", "--traceback", "--help", "--help-all")
 
@@ -54,11 +62,10 @@ class ZooCLI(LightningCLI):
             if source in data_params and target in model_params:
                 parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="parse")
             elif from_root and target in model_params:
-                default = _init_default(self.model_class, target)
                 parser.link_arguments(
                     "data",
                     f"model.{target}",
-                    compute_fn=partial(_data_attribute, source, default),
+                    compute_fn=partial(_data_attribute, source, model_params[target]),
                     apply_on="instantiate",
                 )
         # the number of classes is known once the datamodule exists (image_folder counts folders)
@@ -68,7 +75,7 @@ class ZooCLI(LightningCLI):
         if "vocab_size" in model_params and hasattr(self.datamodule_class, "vocab_size"):
             parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         elif "vocab_size" in model_params and from_root:
-            compute = partial(_data_attribute, "vocab_size", _init_default(self.model_class, "vocab_size"))
+            compute = partial(_data_attribute, "vocab_size", model_params["vocab_size"])
             parser.link_arguments("data", "model.vocab_size", compute_fn=compute, apply_on="instantiate")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
@@ -110,14 +117,9 @@ class ZooCLI(LightningCLI):
             raise UsageError(f"{err} (--traceback shows where it was raised)", PROG) from err
 
     def before_fit(self) -> None:
-        data_modality = getattr(self.datamodule, "modality", None)  # streaming data: known from its zoo.json
-        model_modality = getattr(self.model, "modality", None)
-        if data_modality and model_modality and data_modality != model_modality:
-            raise UsageError(
-                f"the data at {getattr(self.datamodule, 'root', '--data')} is {data_modality} data, but model "
-                f"'{self.model_name}' needs {model_modality} data",
-                PROG,
-            )
+        # streaming data knows its modality once its zoo.json is read: the parse-time check again, on the instances
+        data_name = registry.name_of(type(self.datamodule), registry.DATAMODULE_GROUP) or "?"
+        check_modality(self.model_name, self.model, data_name, self.datamodule)
         # A family may need work before its training proper: `ldm` trains its tokenizer and its first
         # stage here (with their own progress bars), in the run folder, unless the run resumes.
         prepare = getattr(self.model, "prepare_fit", None)
@@ -153,15 +155,6 @@ class SaveConfigToRunFolder(SaveConfigCallback):
         folder = Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.parser.save(self.config, folder / self.config_filename, skip_none=False, overwrite=True)
-
-
-def _init_default(cls: type, name: str) -> Any:
-    """The default of `cls(...)`'s keyword argument `name`, from the first `__init__` up the MRO that has it."""
-    for klass in cls.__mro__:
-        params = inspect.signature(klass.__init__).parameters if "__init__" in vars(klass) else {}
-        if name in params and params[name].default is not inspect.Parameter.empty:
-            return params[name].default
-    return None
 
 
 def _data_attribute(name: str, default: Any, data: Any) -> Any:

@@ -136,11 +136,9 @@ class MetricsCallback(L.Callback):
         if step == self._last_step or self._real is None:
             return {}
         if is_sharded(trainer):  # every rank returns here, so no rank waits in a collective
-            if not self._warned:
-                self._warned = True
-                rank_zero_warn(
-                    "MetricsCallback: off under FSDP; evaluate the checkpoint with python -m zoo.evaluate"
-                )
+            rank_zero_warn(
+                "MetricsCallback: off under FSDP; evaluate the checkpoint with python -m zoo.evaluate"
+            )
             return {}
         if not force and not self._within_budget(trainer):
             self.skipped.append(step)

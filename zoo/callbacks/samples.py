@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from zoo.io.images import image_grid, save_grid
 from zoo.strategies import is_sharded
@@ -63,11 +63,9 @@ class SampleGrid(L.Callback):
         step = trainer.global_step
         if step == self._last_step or self.num_samples <= 0 or not hasattr(pl_module, "previews"):
             return
-        if is_sharded(trainer):
-            if self._last_step != -2:
-                self._last_step = -2
-                print("SampleGrid: no sample grids under FSDP (each rank holds a shard of the weights); "
-                      "draw samples from the checkpoint with python -m zoo.sample")  # fmt: skip
+        if is_sharded(trainer):  # Python shows a warning once per place: no flag needed
+            rank_zero_warn("SampleGrid: off under FSDP (each rank holds a shard of the weights); draw samples from "
+                           "the checkpoint with python -m zoo.sample")  # fmt: skip
             return
         self._last_step = step
         if getattr(pl_module, "modality", "image") == "text":

@@ -59,7 +59,7 @@ def split_dir(root: str, split: str) -> str:
 def _on_8bit_grid(x: torch.Tensor) -> bool:
     if not x.is_floating_point() or x.numel() == 0 or x.min() < -1 or x.max() > 1:
         return False
-    codes = torch.round((x.double() + 1) * 127.5)
+    codes = torch.from_numpy(_to_uint8(x)).double()
     return bool(torch.allclose(codes / 127.5 - 1, x.double(), atol=1e-6, rtol=0))
 
 
@@ -71,6 +71,8 @@ def storage_kind(key: str, value: Any) -> str:
         return "int"
     if isinstance(value, float | np.floating):
         return "float"
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
+        return "int"  # a label: stored as a number, given back as the same int64 scalar
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
@@ -156,15 +158,7 @@ def item_kinds(item: dict[str, Any]) -> dict[str, str]:
         raise DataError(
             f"datamodule items must be dictionaries of the shared keys, got {type(item).__name__}"
         )
-    kinds = {}
-    for key, value in item.items():
-        if value is None:
-            continue
-        if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
-            kinds[key] = "int"  # a label: stored as a number, given back as the same int64 scalar
-        else:
-            kinds[key] = storage_kind(key, value)
-    return kinds
+    return {key: storage_kind(key, value) for key, value in item.items() if value is not None}
 
 
 # --- zoo.json -------------------------------------------------------------------------------------
