@@ -1,6 +1,7 @@
 """`gpt`: a decoder-only transformer language model (Radford et al. 2019), nanoGPT-sized for a CPU.
 
-Token embeddings plus learned position embeddings (or rotary ones, `rope=True`, Su et al. 2021),
+The network is `zoo.nn.transformer.Transformer` (shared with the image-token families): token
+embeddings plus learned position embeddings (or rotary ones, `rope=True`, Su et al. 2021),
 pre-LayerNorm blocks of causal self-attention (`F.scaled_dot_product_attention`) and a tanh-GELU
 MLP, a final LayerNorm, and an output layer tied to the token embeddings. The layout and names
 follow GPT-2, so `load_gpt2_weights` can take the weights of a `transformers` GPT-2 (its Conv1D
@@ -20,170 +21,18 @@ window over the last `block_size` tokens, as nanoGPT. The tokenizer is saved in 
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics import MeanMetric
 
-from zoo.generation import KVCache, generate, left_pad, processors_for
+from zoo.generation import generate, left_pad, processors_for
 from zoo.module import GenerativeModule, adamw_with_warmup, attached_trainer, inference
-from zoo.nn.embeddings import rotary_embedding
+from zoo.nn.transformer import Block, Transformer
 from zoo.tokenizers import TextTokenizer, tokenizer_from_state
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int, dropout: float, bias: bool, rope: bool) -> None:
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"n_embd ({width}) must be a multiple of n_head ({heads})")
-        self.heads, self.dropout, self.rope = heads, dropout, rope
-        self.qkv = nn.Linear(width, 3 * width, bias=bias)
-        self.proj = nn.Linear(width, width, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        positions: torch.Tensor,
-        cache: KVCache | None,
-        layer: int,
-    ) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        if self.rope:
-            heads_positions = positions[:, None]  # (B, 1, T): the same positions for every head
-            q, k = rotary_embedding(q, heads_positions), rotary_embedding(k, heads_positions)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        dropout = self.dropout if self.training else 0.0
-        if mask is None:  # no padding: plain causal attention (a single new query sees everything)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=t > 1)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)))
-
-
-class MLP(nn.Module):
-    def __init__(self, width: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        self.fc = nn.Linear(width, 4 * width, bias=bias)
-        self.proj = nn.Linear(4 * width, width, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
-
-
-class Block(nn.Module):
-    def __init__(self, width: int, heads: int, dropout: float, bias: bool, rope: bool, eps: float) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width, eps=eps, bias=bias)
-        self.attn = CausalSelfAttention(width, heads, dropout, bias, rope)
-        self.ln_2 = nn.LayerNorm(width, eps=eps, bias=bias)
-        self.mlp = MLP(width, dropout, bias)
-
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Any, layer: int
-    ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, positions, cache, layer)
-        return x + self.mlp(self.ln_2(x))
-
-
-def attention_mask_for(attention_mask: torch.Tensor | None, new: int, total: int) -> torch.Tensor | None:
-    """The boolean (B, 1, new, total) mask of `new` queries (the last positions) over `total` keys, or
-    None when nothing is padded (then causal attention needs no mask). Every query may see itself,
-    so a padding query never has an empty row (which would give NaNs)."""
-    if attention_mask is None or bool(attention_mask[:, :total].all()):
-        return None if new == total or new == 1 else _causal(new, total, attention_mask)
-    return _causal(new, total, attention_mask) & attention_mask[:, None, None, :total] | _diagonal(
-        new, total, attention_mask.device
-    )
-
-
-def _causal(new: int, total: int, like: torch.Tensor | None) -> torch.Tensor:
-    device = like.device if like is not None else None
-    return torch.ones(new, total, dtype=torch.bool, device=device).tril(diagonal=total - new)
-
-
-def _diagonal(new: int, total: int, device: torch.device) -> torch.Tensor:
-    return torch.eye(new, total, dtype=torch.bool, device=device).roll(total - new, dims=1)
-
-
-class Transformer(nn.Module):
-    """The network: `forward(ids, cache=, position_ids=, attention_mask=) -> logits`, the callable
-    contract of `zoo.generation`."""
-
-    def __init__(
-        self,
-        vocab_size: int,
-        block_size: int,
-        n_layer: int,
-        n_head: int,
-        n_embd: int,
-        dropout: float = 0.0,
-        bias: bool = True,
-        rope: bool = False,
-        layer_norm_eps: float = 1e-5,
-    ) -> None:
-        super().__init__()
-        self.block_size, self.rope = block_size, rope
-        self.wte = nn.Embedding(vocab_size, n_embd)
-        self.wpe = None if rope else nn.Embedding(block_size, n_embd)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(n_embd, n_head, dropout, bias, rope, layer_norm_eps) for _ in range(n_layer)
-        )
-        self.ln_f = nn.LayerNorm(n_embd, eps=layer_norm_eps, bias=bias)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017), as GPT-2
-        self.apply(self._init)
-        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def forward(
-        self,
-        ids: torch.Tensor,
-        cache: KVCache | None = None,
-        position_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        past = cache.length if cache is not None else 0
-        new = ids.shape[1]
-        if position_ids is None:
-            position_ids = torch.arange(past, past + new, device=ids.device).expand(ids.shape[0], new)
-        if self.wpe is not None and int(position_ids.max()) >= self.block_size:
-            raise ValueError(
-                f"position {int(position_ids.max())} is beyond the model's context of {self.block_size} tokens "
-                "(block_size): use a shorter prompt or fewer new tokens"
-            )
-        x = self.wte(ids)
-        if self.wpe is not None:
-            x = x + self.wpe(position_ids)
-        x = self.drop(x)
-        mask = attention_mask_for(
-            attention_mask.bool() if attention_mask is not None else None, new, past + new
-        )
-        for layer, block in enumerate(self.blocks):
-            x = block(x, mask, position_ids, cache, layer)
-        if cache is not None:
-            cache.advance(new)
-        return self.lm_head(self.ln_f(x))
 
 
 def load_gpt2_weights(network: Transformer, state_dict: dict[str, torch.Tensor]) -> None:

@@ -16,6 +16,13 @@ colours, and a latent model on it cannot draw any other (the `ldm` first stage o
 pink, cyan and brown as purple, blue/green and orange: benchmarks/RESULTS.md, issue 18). Validation is not
 recoloured.
 
+`perceptual_weight`, `adversarial_weight` and `discriminator_start` add Stable Diffusion's autoencoder
+recipe (Rombach et al. 2022: KL-regularised, with LPIPS and a PatchGAN): a perceptual distance and, after
+`discriminator_start` batches, a PatchGAN's loss under taming's adaptive weight (`zoo.autoencoding`, shared
+with `vqgan`). Both are off by default: the recipe and `ldm`'s first stage train as before, with automatic
+optimisation; with the adversarial term on, optimisation is manual and `trainer.max_steps` counts the
+steps of both networks. Validation losses never include them, so they compare across settings.
+
 Later families use it as a first stage: `encode_latents(x)` gives latents scaled by
 `latent_scale` (1 / the standard deviation of posterior means, measured on validation data at
 every validation), `decode_latents(z)` inverts that. `generate(n)` decodes draws from the prior.
@@ -27,74 +34,11 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
+from zoo.autoencoding import AutoencoderLoss, adversarial_training_step, autoencoder_optimizers, data_name
 from zoo.diffusion.training import discretized_gaussian_log_likelihood
-from zoo.module import GenerativeModule, adamw_with_warmup, inference
-from zoo.nn.layers import group_norm
-
-
-class ResBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.block = nn.Sequential(
-            group_norm(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            group_norm(out_channels), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1),
-        )  # fmt: skip
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.block(x)
-
-
-def _widths(base_channels: int, levels: int) -> list[int]:
-    # channel width per resolution level: base, 2*base, then capped at 4*base
-    return [base_channels * min(2**i, 4) for i in range(levels + 1)]
-
-
-class Encoder(nn.Module):
-    """ResBlocks at widths[level] on resolution size / 2**level, a strided conv between levels."""
-
-    def __init__(
-        self, in_channels: int, base_channels: int, levels: int, latent_channels: int, blocks: int
-    ) -> None:
-        super().__init__()
-        widths = _widths(base_channels, levels)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1)]
-        for level in range(levels):
-            layers += [ResBlock(widths[level], widths[level]) for _ in range(blocks)]
-            layers.append(nn.Conv2d(widths[level], widths[level + 1], 3, stride=2, padding=1))
-        layers += [ResBlock(widths[-1], widths[-1]), group_norm(widths[-1]), nn.SiLU(),
-                   nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1)]  # fmt: skip
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class Decoder(nn.Module):
-    """The encoder mirrored: nearest-neighbour upsampling and a conv between levels."""
-
-    def __init__(
-        self, out_channels: int, base_channels: int, levels: int, latent_channels: int, blocks: int
-    ) -> None:
-        super().__init__()
-        widths = _widths(base_channels, levels)
-        layers: list[nn.Module] = [
-            nn.Conv2d(latent_channels, widths[-1], 3, padding=1),
-            ResBlock(widths[-1], widths[-1]),
-        ]
-        for level in reversed(range(levels)):
-            layers += [
-                nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.Conv2d(widths[level + 1], widths[level], 3, padding=1),
-            ]
-            layers += [ResBlock(widths[level], widths[level]) for _ in range(blocks)]
-        layers += [group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], out_channels, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+from zoo.module import GenerativeModule, inference
+from zoo.nn.autoencoder import Decoder, Encoder
 
 
 def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -135,6 +79,13 @@ class VAE(GenerativeModule):
         beta: KL weight: loss = reconstruction + beta * KL, both divided by the image's pixels; small: sharp reconstructions.
         reconstruction_loss: l1 or l2 (squared error), summed over an image's pixels and channels.
         color_augment: probability a training image is recoloured at random (`recolor`).
+        perceptual_weight: weight of a perceptual distance in the loss (zoo.autoencoding); 0: off.
+        perceptual_network: auto (zoo where the data has it, else none), zoo (zoo's classifier of the data) or lpips (VGG16).
+        perceptual_weights: with lpips: the VGG16 weights file (else $ZOO_VGG16_WEIGHTS or the cache).
+        adversarial_weight: weight of a PatchGAN term, times taming's adaptive weight; 0: off (automatic optimisation).
+        discriminator_start: training batches before the discriminator starts.
+        discriminator_channels: width of the PatchGAN's first layer.
+        discriminator_layers: strided layers of the PatchGAN.
         lr: AdamW learning rate, reached at the end of the warm-up.
         weight_decay: AdamW weight decay, on every parameter.
         warmup_steps: optimizer steps of linear learning-rate warm-up.
@@ -154,6 +105,13 @@ class VAE(GenerativeModule):
         beta: float = 0.01,
         reconstruction_loss: str = "l1",
         color_augment: float = 0.0,
+        perceptual_weight: float = 0.0,
+        perceptual_network: str = "auto",
+        perceptual_weights: str | None = None,
+        adversarial_weight: float = 0.0,
+        discriminator_start: int = 0,
+        discriminator_channels: int = 64,
+        discriminator_layers: int = 2,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -175,6 +133,14 @@ class VAE(GenerativeModule):
         self.decoder = Decoder(in_channels, base_channels, levels, latent_channels, blocks_per_level)
         self.latent_size = image_size // downsample_factor
         self.register_buffer("latent_scale", torch.ones(()))
+        # empty with both options off: the state dict, and the optimisation, are then what they always were
+        self.autoencoder_loss = AutoencoderLoss(
+            in_channels, perceptual_weight=perceptual_weight, perceptual_network=perceptual_network,
+            perceptual_weights=perceptual_weights, adversarial_weight=adversarial_weight,
+            discriminator_start=discriminator_start, discriminator_channels=discriminator_channels,
+            discriminator_layers=discriminator_layers,
+        )  # fmt: skip
+        self.automatic_optimization = not self.autoencoder_loss.adversarial
 
     # --- the model ------------------------------------------------------------------------
 
@@ -238,12 +204,34 @@ class VAE(GenerativeModule):
         recolored = adjust_saturation(adjust_hue(pixels, hue), saturation).clamp(0, 1) * value
         return (chosen * recolored + (1 - chosen) * pixels) * 2 - 1
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        x = self.recolor(batch["image"])
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            hp = self.hparams
+            self.autoencoder_loss.build_perceptual(data_name(self), hp.image_size, hp.in_channels)
+
+    def training_losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstructions of x and the loss parts, the perceptual term included when it is on; "nll" is
+        what taming's adaptive weight compares the adversarial gradient with (zoo.autoencoding)."""
         reconstruction, mean, logvar = self(x)
         parts = self.losses(x, reconstruction, mean, logvar)
-        self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=True, batch_size=len(x))
-        return parts["loss"]
+        parts["nll"] = parts["reconstruction"]
+        weight = self.hparams.get("perceptual_weight", 0.0)
+        if weight > 0:
+            perceptual = self.autoencoder_loss.perceptual(x, reconstruction)
+            parts.update(perceptual=perceptual, nll=parts["nll"] + weight * perceptual)
+            parts["loss"] = parts["loss"] + weight * perceptual
+        return reconstruction, parts
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        x = self.recolor(batch["image"])
+        if self.automatic_optimization:
+            parts = self.training_losses(x)[1]
+        else:
+            loss = self.autoencoder_loss
+            parts = adversarial_training_step(self, x, loss, self.training_losses, self.decoder.last_layer)
+        logged = {f"train/{k}": v for k, v in parts.items() if k != "nll"}
+        self.log_dict(logged, prog_bar=True, batch_size=len(x))
+        return parts["loss"] if self.automatic_optimization else None
 
     def on_validation_epoch_start(self) -> None:
         self._latent_moments = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -282,7 +270,7 @@ class VAE(GenerativeModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
+        return autoencoder_optimizers(self, self.autoencoder_loss, hp.lr, hp.weight_decay, hp.warmup_steps)
 
     @inference
     def bits_per_dim(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:

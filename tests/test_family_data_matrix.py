@@ -53,6 +53,10 @@ FIRST_STAGE = (
 )
 
 # Tiny model flags per family; "{channels}" and "{image_size}" are the data's (DATA_SHAPE).
+TOKENIZER = (
+    '{{"in_channels": {channels}, "image_size": {image_size}, "downsample_factor": 4, "base_channels": 8, '
+    '"codebook_size": 16}}'
+)
 FAMILY_FLAGS: dict[str, list[str]] = {
     "vae": ["--model.base_channels", "8"],
     "ddpm": [
@@ -112,6 +116,19 @@ FAMILY_FLAGS: dict[str, list[str]] = {
         flow: ["--model.levels", "2", "--model.steps_per_level", "1", "--model.hidden_channels", "8"]
         for flow in ("nice", "realnvp", "glow")
     },
+    "vqgan": ["--model.base_channels", "8", "--model.codebook_size", "16"],
+    **{
+        tokens: [
+            "--model.tokenizer_steps", "2", "--model.tokenizer_config", TOKENIZER, "--model.n_layer", "1",
+            "--model.n_head", "2", "--model.n_embd", "16", "--model.vocab_size", "300",
+        ]
+        for tokens in ("maskgit", "vq_transformer")
+    },
+    "sr_diffusion": [
+        "--model.low_resolution", "8", "--model.base_channels", "8", "--model.channel_mults", "[1, 2]",
+        "--model.num_heads", "2", "--model.num_train_timesteps", "100", "--model.sampling_steps", "2",
+        "--model.bank_size", "4",
+    ],
     "video_diffusion": [
         "--model.first_stage_steps", "2", "--model.first_stage_batch_size", "8",
         "--model.first_stage_config", FIRST_STAGE,

@@ -187,7 +187,8 @@ def test_help_shows_zoo_flags_and_the_familys_arguments_briefly():
     )
     assert out.returncode == 0
     lines = out.stdout.splitlines()
-    assert len(lines) < 120, f"--help is {len(lines)} lines"
+    # brief = not Lightning's every flag (--help-all: about 900 lines); the vae's own arguments are about 100
+    assert len(lines) < 150, f"--help is {len(lines)} lines"
     text = out.stdout
     assert text.index("--logger") < text.index("--model.latent_channels")  # zoo's own flags first
     assert "--recipe" in text and "--help-all" in text and "--data.num_train" in text

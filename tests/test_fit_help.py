@@ -16,7 +16,7 @@ FAMILIES = (
     "clip", "consistency", "controlnet", "dcgan", "ddpm", "dit", "dreambooth", "flow_matching", "glow", "gpt",
     "hifigan", "ip_adapter", "lcm", "ldm", "lora", "lsgan", "nice", "realnvp", "textual_inversion",
     "progressive_distillation", "sngan", "stylegan", "tts",
-    "vae", "video_diffusion", "wgan_gp",
+    "vae", "video_diffusion", "wgan_gp", "vqgan", "maskgit", "vq_transformer", "sr_diffusion",
 )  # fmt: skip
 # (family, datamodule): every datamodule of zoo.datamodules, each with a family of its modality
 CASES = [

@@ -1,10 +1,15 @@
-"""The first stage of latent families (`ldm`, `video_diffusion` and those to come): a frozen `vae` that
-maps images to latents, built, loaded, trained and waited for by these free functions.
+"""The first stage of two-stage families: a frozen autoencoder built, loaded, trained and waited for by these
+free functions. Latent families (`ldm`, `dit`, `video_diffusion`) use a `vae` (images <-> latents); the
+image-token families (`maskgit`, `vq_transformer`) a `vqgan` (images <-> codes), their "tokenizer".
 
-A family holds the vae as `self.first_stage` (`build_first_stage`) and a `first_stage_ready` buffer, and
-in its `prepare_fit` calls `prepare_first_stage`: the vae checkpoint the user gave is loaded; otherwise
-rank 0 trains one with a `Trainer` of its own in `<run>/first_stage/` while the other ranks wait for the
-file it writes, and every rank loads it. Why before `fit` and not in a hook: see docs/architecture.md.
+A family says which with a `FirstStageSpec` (`VAE_FIRST_STAGE`, the default of every function here, or one
+of its own): the first stage's family, the hyper-parameter (and so the flag) that names a trained
+checkpoint, the default hyper-parameters of the one trained when none is given, and what makes a trained
+checkpoint usable. A family holds the first stage as `self.first_stage` (`build_first_stage`) and a
+`first_stage_ready` buffer, and in its `prepare_fit` calls `prepare_first_stage`: the checkpoint the user
+gave is loaded; otherwise rank 0 trains one with a `Trainer` of its own in `<run>/first_stage/` while the
+other ranks wait for the file it writes, and every rank loads it. Why before `fit` and not in a hook: see
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,38 +46,77 @@ DEFAULT_FIRST_STAGE = {
 }
 
 
-def first_stage_hparams(path: str | None, in_channels: int, image_size: int, family: str) -> dict[str, Any]:
-    """The hyper-parameters of the vae a `family` model for `in_channels`-channel `image_size`px images uses:
-    those of the vae checkpoint at `path`, checked to be one for such images, or the default recipe's."""
+def _vae_unusable(vae: L.LightningModule) -> str | None:
+    if float(vae.latent_scale) == 1.0:
+        return (
+            "has no measured latent scale (it never ran a validation): train it with validation (the vae "
+            "recipe does) before using it as a first stage"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class FirstStageSpec:
+    """Which first stage a family uses.
+
+    Attributes:
+        family: the first stage's registry name (`vae`, `vqgan`).
+        hparam: the family's hyper-parameter naming a trained checkpoint; the flag is `--model.<hparam>`.
+            The family also has `<hparam>_steps` (steps when zoo.fit trains one).
+        defaults: hyper-parameters of the one trained when none is given (beside in_channels, image_size).
+        unusable: a trained first stage -> why it cannot serve (None: it can).
+        role: what the family calls it, in messages ("first stage", "tokenizer").
+    """
+
+    family: str = FIRST_STAGE_FAMILY
+    hparam: str = "first_stage"
+    defaults: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_FIRST_STAGE))
+    unusable: Callable[[L.LightningModule], str | None] | None = _vae_unusable
+    role: str = "first stage"
+
+    @property
+    def flag(self) -> str:
+        return f"--model.{self.hparam}"
+
+
+VAE_FIRST_STAGE = FirstStageSpec()
+
+
+def first_stage_hparams(
+    path: str | None, in_channels: int, image_size: int, family: str, spec: FirstStageSpec = VAE_FIRST_STAGE
+) -> dict[str, Any]:
+    """The hyper-parameters of the first stage a `family` model for `in_channels`-channel `image_size`px images
+    uses: those of the checkpoint at `path` (of `spec.family`), checked to be one for such images, or the
+    default recipe's."""
     if path is None:
-        return {"in_channels": in_channels, "image_size": image_size, **DEFAULT_FIRST_STAGE}
-    checkpoint = require_family(path, FIRST_STAGE_FAMILY, FIRST_STAGE_FLAG)
+        return {"in_channels": in_channels, "image_size": image_size, **spec.defaults}
+    checkpoint = require_family(path, spec.family, spec.flag)
     config = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     if (config.get("in_channels"), config.get("image_size")) != (in_channels, image_size):
         raise ValueError(
-            f"first stage '{path}' is for {config.get('in_channels')}-channel {config.get('image_size')}px "
-            f"images, but this {family} is for {in_channels}-channel {image_size}px ones: train a vae on the "
-            "same data (python -m zoo.fit --model vae --data ...) or leave --model.first_stage unset"
+            f"{spec.role} '{path}' is for {config.get('in_channels')}-channel {config.get('image_size')}px "
+            f"images, but this {family} is for {in_channels}-channel {image_size}px ones: train a {spec.family} on "
+            f"the same data (python -m zoo.fit --model {spec.family} --data ...) or leave {spec.flag} unset"
         )
     return config
 
 
-def build_first_stage(config: dict[str, Any]) -> L.LightningModule:
-    """An untrained, frozen vae of `config`, for a family's `__init__` (its own hyper-parameters kept)."""
-    vae = build_module(registry.get_model_class(FIRST_STAGE_FAMILY), **config)
-    vae.requires_grad_(False)
-    return vae
+def build_first_stage(config: dict[str, Any], spec: FirstStageSpec = VAE_FIRST_STAGE) -> L.LightningModule:
+    """An untrained, frozen first stage of `config`, for a family's `__init__` (its own hyper-parameters kept)."""
+    module = build_module(registry.get_model_class(spec.family), **config)
+    module.requires_grad_(False)
+    return module
 
 
-def load_first_stage(vae: L.LightningModule, path: str | Path) -> None:
-    """The weights of the trained vae checkpoint at `path` into `vae`."""
-    trained = load_model(path, family=FIRST_STAGE_FAMILY, flag=FIRST_STAGE_FLAG)
-    if float(trained.latent_scale) == 1.0:
-        raise ValueError(
-            f"first stage '{path}' has no measured latent scale (it never ran a validation): "
-            "train it with validation (the vae recipe does) before using it as a first stage"
-        )
-    vae.load_state_dict(trained.state_dict())
+def load_first_stage(
+    module: L.LightningModule, path: str | Path, spec: FirstStageSpec = VAE_FIRST_STAGE
+) -> None:
+    """The weights of the trained first-stage checkpoint at `path` into `module`."""
+    trained = load_model(path, family=spec.family, flag=spec.flag)
+    reason = spec.unusable(trained) if spec.unusable is not None else None
+    if reason is not None:
+        raise ValueError(f"{spec.role} '{path}' {reason}")
+    module.load_state_dict(trained.state_dict())
 
 
 def wait_for_file(path: Path, timeout_s: float = 6 * 3600, poll_s: float = 5.0) -> None:
@@ -89,10 +135,14 @@ def train_first_stage(
     folder: Path,
     steps: int,
     family: str,
+    spec: FirstStageSpec = VAE_FIRST_STAGE,
 ) -> Path:
-    """Train `vae` for `steps` steps on `datamodule` with a `Trainer` of its own writing into `folder`, on
-    the device and precision of the family's `trainer`; returns `folder/first_stage.ckpt`."""
-    print(f"{family}: training the first stage (vae, {steps} steps) in {folder}; then the {family} model")
+    """Train `vae` (a first stage of `spec.family`) for `steps` steps on `datamodule` with a `Trainer` of its
+    own writing into `folder`, on the device and precision of the family's `trainer`; returns
+    `folder/first_stage.ckpt`."""
+    print(
+        f"{family}: training the {spec.role} ({spec.family}, {steps} steps) in {folder}; then the {family} model"
+    )
     # a fresh copy of the datamodule, so the family's data order does not depend on stage 1
     hparams = {k: v for k, v in (getattr(datamodule, "hparams", {}) or {}).items() if not k.startswith("_")}
     data = type(datamodule)(**hparams) if hparams else datamodule
@@ -108,7 +158,7 @@ def train_first_stage(
     stage.save_checkpoint(partial)
     os.replace(partial, done)  # whole or absent: other ranks load it as soon as it exists
     metrics = {k: float(v) for k, v in stage.callback_metrics.items() if k.startswith("val/")}
-    print(f"{family}: first stage done: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+    print(f"{family}: {spec.role} done: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     return done
 
 
@@ -150,20 +200,21 @@ def prepare_first_stage(
     datamodule: L.LightningDataModule,
     steps: int,
     family: str,
+    spec: FirstStageSpec = VAE_FIRST_STAGE,
 ) -> None:
-    """Make `vae` a trained first stage: the checkpoint `given`, else one trained in
+    """Make `vae` (a first stage of `spec.family`) a trained one: the checkpoint `given`, else one trained in
     `<run>/first_stage/` by rank 0 (the other ranks of torchrun or SLURM wait for its file)."""
     if given is not None:
-        load_first_stage(vae, given)
+        load_first_stage(vae, given, spec)
         return
     folder = Path(trainer.default_root_dir) / "first_stage"
     start = time.monotonic()
     if rank_zero_only.rank == 0:
-        done = train_first_stage(vae, trainer, datamodule, folder, steps, family)
+        done = train_first_stage(vae, trainer, datamodule, folder, steps, family, spec)
     else:
         done = folder / FIRST_STAGE_FILE
         wait_for_file(done)
-    load_first_stage(vae, done)
+    load_first_stage(vae, done, spec)
     _charge_first_stage_to_timer(trainer, time.monotonic() - start)
 
 
@@ -225,37 +276,45 @@ class PosteriorCache:
 
 
 class FirstStageFamily:
-    """The first-stage side of a latent family, as a mixin before `GenerativeModule` (`ldm`, `dit`).
+    """The first-stage side of a two-stage family, as a mixin before `GenerativeModule` (`ldm`, `dit` with a
+    vae; `maskgit`, `vq_transformer` with a vqgan, `first_stage_spec` says which).
 
     The family builds `self.first_stage` (`build_first_stage`) and registers the buffer
-    `first_stage_ready` (False) in `__init__`, has the hyper-parameters `first_stage` and
-    `first_stage_steps`, and calls `self.prepare_first_stage_for_fit(...)` from its `prepare_fit`."""
+    `first_stage_ready` (False) in `__init__`, has the hyper-parameters `<spec.hparam>` (`first_stage` for a
+    vae) and `<spec.hparam>_steps`, and calls `self.prepare_first_stage_for_fit(...)` from its `prepare_fit`."""
 
     family_name: str = ""
+    first_stage_spec: FirstStageSpec = VAE_FIRST_STAGE
+
+    def _given_first_stage(self) -> str | None:
+        return self.hparams[self.first_stage_spec.hparam]
 
     def prepare_first_stage_for_fit(
         self, trainer: L.Trainer, datamodule: L.LightningDataModule, ckpt_path: str | None
     ) -> None:
-        """The given vae, or one trained in `<run>/first_stage/`; nothing when the run resumes or the
+        """The given first stage, or one trained in `<run>/first_stage/`; nothing when the run resumes or the
         weights are already there (they come back with the checkpoint)."""
         if ckpt_path is not None or bool(self.first_stage_ready):
             return
+        spec = self.first_stage_spec
         prepare_first_stage(
             self.first_stage,
-            given=self.hparams.first_stage,
+            given=self._given_first_stage(),
             trainer=trainer,
             datamodule=datamodule,
-            steps=self.hparams.first_stage_steps,
+            steps=self.hparams[f"{spec.hparam}_steps"],
             family=self.family_name or type(self).__name__,
+            spec=spec,
         )
         self.first_stage_ready.fill_(True)
 
     def on_fit_start(self) -> None:
         # a Python user's own Trainer (no zoo.fit, so no prepare_fit): take the given first stage now
-        if not bool(self.first_stage_ready) and self.hparams.first_stage is not None:
-            load_first_stage(self.first_stage, self.hparams.first_stage)
+        if not bool(self.first_stage_ready) and self._given_first_stage() is not None:
+            load_first_stage(self.first_stage, self._given_first_stage(), self.first_stage_spec)
             self.first_stage_ready.fill_(True)
-        self._posterior_cache = PosteriorCache()  # of this fit's (now final) first stage
+        # of this fit's (now final) first stage; vae families read it (training_latents)
+        self._posterior_cache = PosteriorCache()
 
     def training_latents(self, images: torch.Tensor, *, sample: bool) -> torch.Tensor:
         """The first stage's latents of training or validation images, through the fit's `PosteriorCache`."""

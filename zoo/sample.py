@@ -10,6 +10,15 @@ seed and batch size give the same samples. Sampling options (`--sampler`, `--ste
 `--temperature`, ...) are checked for their range when parsed and passed to the family's `generate()`
 only when given; a family that does not take one says so. `--label` goes to class-conditional
 families and `--prompt` to text-conditioned ones (text families, text-to-image, text-to-speech).
+
+Super-resolution and cascades (`zoo.cascade`): `--ckpt SR --init-image low.png --out up.png` upscales that
+image with a super-resolution model (sr_diffusion; without --init-image it upscales low-resolution training
+images the model keeps); `--ckpt BASE --cascade SR [--cascade SR2] --prompt ...` runs the base model (any
+image family) and then each super-resolution stage on the previous one's images, whose size and channels
+must be the stage's input (`low_resolution`). `--noise-level` (the low-resolution input's noise-conditioning
+augmentation), `--sr-steps` and `--sr-sampler` go to the stages; the other sampling flags to the base (or to
+the SR model of --ckpt). A folder output of a cascade also gets `cascade.json`: each stage's size and the
+noise level, sampler and steps it used.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.cascade import is_upscaler
 from zoo.cli import (
     UsageError,
     add_sampling_args,
@@ -81,8 +91,38 @@ def _parser() -> argparse.ArgumentParser:
     _add_editing_args(p.add_argument_group("editing (image and video families)"))
     _add_control_args(p.add_argument_group("control (controlnet, ip_adapter)"))
     _add_customization_args(p.add_argument_group("customization (lora, textual_inversion, dreambooth)"))
+    _add_cascade_args(p.add_argument_group("super-resolution and cascades (sr_diffusion)"))
     add_sampling_args(p)
     return p
+
+
+def _add_cascade_args(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--cascade",
+        action="append",
+        metavar="SR_CKPT",
+        help="a super-resolution checkpoint (sr_diffusion) run on the images of --ckpt; repeat for more stages, "
+        "in order (each stage's low_resolution must be the previous output's size), e.g. --ckpt base16.ckpt "
+        "--cascade sr16to32.ckpt --cascade sr32to64.ckpt",
+    )
+    group.add_argument(
+        "--noise-level",
+        dest="noise_level",
+        type=unit_interval,
+        help="super-resolution: noise-conditioning augmentation of the low-resolution input, in [0, 1] "
+        "(0 clean, 1 pure noise; default the model's, 0.2); for --cascade stages or an SR --ckpt",
+    )
+    group.add_argument(
+        "--sr-steps",
+        dest="sr_steps",
+        type=positive_int,
+        help="--cascade stages: sampling steps (default theirs)",
+    )
+    group.add_argument(
+        "--sr-sampler",
+        dest="sr_sampler",
+        help="--cascade stages: sampler, e.g. ddim, dpmpp_2m (default theirs)",
+    )
 
 
 def _add_customization_args(group: argparse._ArgumentGroup) -> None:
@@ -384,6 +424,124 @@ def load_frames(path: str | Path, size: int | None, channels: int = 3) -> torch.
     return clip
 
 
+# --- super-resolution and cascades -----------------------------------------------------------------
+
+
+def _upscaler_inputs(args: argparse.Namespace, model: Any) -> tuple[dict[str, Any], Any]:
+    """The options and condition of a super-resolution --ckpt: --init-image, the low-resolution image to
+    upscale (at the model's low_resolution), --num times; None (the model's own low-resolution examples)
+    without it. Prompts, labels and the editing flags are refused."""
+    name = registry_name(model)
+    if args.prompt or args.label or args.mel or args.wav:
+        raise UsageError(
+            f"{args.ckpt} is a super-resolution model ({name}): it takes the image to upscale (--init-image "
+            f"LOW.png), not prompts or labels; to draw from a prompt, run it after a base model: "
+            f"--ckpt BASE.ckpt --cascade {args.ckpt}",
+            PROG,
+        )
+    editing = {"--mask": args.mask, "--strength": args.strength, "--outpaint": args.outpaint,
+               "--edit-from": args.edit_from, "--init-video": args.init_video, "--control": args.control,
+               "--control-from": args.control_from, "--image-prompt": args.image_prompt}  # fmt: skip
+    given = [flag for flag, value in editing.items() if value is not None]
+    if given:
+        raise UsageError(f"{name} upscales --init-image and takes no {', '.join(given)}", PROG)
+    options = sampling_options(args)
+    if args.noise_level is not None:
+        options["noise_level"] = args.noise_level
+    if not args.init_image:
+        return options, None
+    low = _low_resolution_image(args.init_image, model)
+    return options, low.expand(args.num, *low.shape[1:])
+
+
+def _low_resolution_image(path: str, model: Any) -> torch.Tensor:
+    """--init-image for an upscaler, (1, C, h, w) in [0, 1] at its low_resolution (resized, with a note, when
+    the file has another size)."""
+    import sys
+
+    from zoo.io.images import load_image
+
+    hparams = model.hparams
+    low, channels = int(hparams["low_resolution"]), int(hparams.get("in_channels", 3))
+    try:
+        image = load_image(path, None, channels)
+        if tuple(image.shape[-2:]) != (low, low):
+            print(
+                f"note: {path} is {image.shape[-1]}x{image.shape[-2]}; {registry_name(model)} upscales "
+                f"{low}x{low} images to {hparams['image_size']}x{hparams['image_size']}: resized to {low}x{low} first",
+                file=sys.stderr,
+            )
+            image = load_image(path, low, channels)
+    except ValueError as err:
+        raise UsageError(str(err), PROG) from err
+    return image
+
+
+def registry_name(model: Any) -> str:
+    from zoo import registry
+
+    try:
+        return registry.name_of(type(model))
+    except Exception:  # a class outside the registry
+        return type(model).__name__
+
+
+def _cascade(args: argparse.Namespace, model: Any) -> Any:
+    """--cascade SR_CKPT ...: `model` followed by those super-resolution stages (a `zoo.cascade.Cascade`),
+    their sizes checked now; without --cascade, `model` itself (and the stage-only flags refused)."""
+    from zoo.cascade import Cascade, CascadeError, is_upscaler
+    from zoo.checkpoint import CheckpointError
+
+    if not args.cascade:
+        stage_flags = [f for f, v in (("--sr-steps", args.sr_steps), ("--sr-sampler", args.sr_sampler)) if v]
+        if stage_flags:
+            raise UsageError(
+                f"{', '.join(stage_flags)} set the --cascade stages; give --cascade SR_CKPT", PROG
+            )
+        if args.noise_level is not None and not is_upscaler(model):
+            raise UsageError(
+                f"--noise-level is for super-resolution models (sr_diffusion): give --cascade SR_CKPT, or an "
+                f"SR checkpoint as --ckpt; {args.ckpt} holds a {registry_name(model)}",
+                PROG,
+            )
+        return model
+    stage_options = {name: value for name, value in (("noise_level", args.noise_level), ("steps", args.sr_steps),
+                                                     ("sampler", args.sr_sampler)) if value is not None}  # fmt: skip
+    try:
+        stages = [(path, _load_file(path, args, flag="--cascade")) for path in args.cascade]
+        cascade = Cascade(model, stages, base_name=args.ckpt, stage_options=stage_options)
+    except (CheckpointError, CascadeError) as err:
+        raise UsageError(str(err), PROG) from err
+    for _, stage in stages:
+        _check_options(stage, stage_options)
+    return cascade
+
+
+def _report_stages(args: argparse.Namespace, model: Any, single: bool) -> list[Path]:
+    """What each super-resolution stage did (sizes, noise level, sampler, steps), printed; for a folder
+    output of a cascade also written as `cascade.json`, which is returned."""
+    import json
+
+    from zoo.cascade import Cascade
+
+    if isinstance(model, Cascade):
+        record = model.record
+    elif getattr(model, "last_sampling", None):
+        record = [{"stage": args.ckpt, "family": registry_name(model), **model.last_sampling}]
+    else:
+        return []
+    for entry in record:
+        if "noise_level" in entry:
+            low, high = entry["low_resolution"], entry["image_size"]
+            print(f"{entry['stage']}: {low}x{low} -> {high}x{high} at noise level {entry['noise_level']} "
+                  f"({entry['sampler']}, {entry['steps']} steps)")  # fmt: skip
+    if single or not isinstance(model, Cascade):
+        return []
+    path = Path(args.out) / "cascade.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return [path]
+
+
 # --- the command -----------------------------------------------------------------------------------
 
 
@@ -588,14 +746,19 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         model = _load(args)
         _customize(args, model)
         _check_condition_kind(args, model)
-        options = sampling_options(args) | _editing_options(args, model) | _control_options(args, model)
+        if is_upscaler(model):
+            options, condition = _upscaler_inputs(args, model)
+        else:
+            options = sampling_options(args) | _editing_options(args, model) | _control_options(args, model)
+            condition = _condition(args, args.num)
         _check_options(model, options)
+        model = _cascade(args, model)
         if single:
             _check_out_suffix(model, args.out)
-        condition = _condition(args, args.num)
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
         write = _write_file if single else _write_folder
-        return write(model, args, condition, generator, options)
+        written = write(model, args, condition, generator, options)
+        return written + _report_stages(args, model, single)
 
 
 if __name__ == "__main__":
