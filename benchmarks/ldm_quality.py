@@ -1,4 +1,5 @@
-"""Quality and sampling speed of an `ldm` checkpoint: GenEval-style prompt adherence, FID, timing.
+"""Quality and sampling speed of an `ldm` checkpoint (or any text-to-image one on `shapes`: `dit`, `lcm`,
+`maskgit`, `vq_transformer`): GenEval-style prompt adherence, FID, timing.
 
     python benchmarks/ldm_quality.py --ckpt runs/ldm/<run>/checkpoints/last.ckpt [--per-prompt 8] [--fid-num 1000]
     python benchmarks/ldm_quality.py --ckpt ... --steps 4,8,10 --categories single_object --fid-num 0
@@ -16,6 +17,7 @@ Each step count of --steps is measured in turn; a grid of the single-object prom
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from pathlib import Path
 
@@ -53,7 +55,7 @@ def main() -> None:
     step_counts = [None] if args.steps is None else [int(s) for s in args.steps.split(",")]
     judge = shapes_judge(hp.image_size)
     print(f"checkpoint {args.ckpt}: {hp.get('backbone', 'unet')}, {hp.get('objective', 'diffusion')}; defaults "
-          f"{own.get('sampler', type(model).__name__)}, {own.sampling_steps} steps, guidance {own.guidance or hp.guidance}")  # fmt: skip
+          f"{own.get('sampler', type(model).__name__)}, {own.get('sampling_steps')} steps, guidance {own.get('guidance') or hp.get('guidance')}")  # fmt: skip
     print(f"judge held-out accuracy on real scenes: {judge.held_out_accuracy}")
     for steps in step_counts:
         sampling = {
@@ -64,7 +66,7 @@ def main() -> None:
         if args.attend_excite_scale is not None:
             sampling |= {"attend_excite": True, "attend_excite_scale": args.attend_excite_scale}
         print(f"\n## sampling {sampling or 'defaults'}")
-        measure(model, sampling, args, Path(args.out) / f"steps{steps or own.sampling_steps}")
+        measure(model, sampling, args, Path(args.out) / f"steps{steps or own.get('sampling_steps', 'default')}")
 
 
 def ldm_hparams(model: torch.nn.Module) -> dict:
@@ -76,7 +78,8 @@ def measure(model: torch.nn.Module, sampling: dict, args: argparse.Namespace, ou
     """Sampling time, a grid of the single-object prompts, GenEval-style adherence and FID, for `sampling`."""
     hp = ldm_hparams(model)
     generator = torch.Generator().manual_seed(0)
-    model.generate(2, condition="a red circle", generator=generator, steps=2)  # warm-up
+    warm = {"steps": 2} if "steps" in inspect.signature(model.generate).parameters else {}
+    model.generate(2, condition="a red circle", generator=generator, **warm)  # warm-up
     start = time.perf_counter()
     model.generate(16, condition="a red circle", generator=generator, **sampling)
     print(

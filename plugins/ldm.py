@@ -442,13 +442,3 @@ class LDM(CaptionConditioned, FirstStageFamily, GenerativeModule):
             attend_excite_module.objective_levels(self.hparams, self.schedule),
             scale=scale,
         )
-
-    def previews(
-        self, batch: dict[str, Any] | None, *, n: int, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
-        """Samples for fixed prompts (the distinct validation captions, in order), one per prompt."""
-        prompts = self._preview_prompts or ([] if batch is None else sorted(set(batch.get("caption", []))))
-        if not prompts:
-            return {"samples": self.generate(n, generator=generator)}
-        prompts = [prompts[i % len(prompts)] for i in range(n)]
-        return {"samples": self.generate(n, condition=prompts, generator=generator)}

@@ -25,7 +25,7 @@ one noise draw for all steps; every `generate` records it in `last_sampling`.
 range `generate` returns, so a base model's output feeds it unchanged; a tensor with values below 0 is
 refused, it is likely in [-1, 1]); it returns (n, C, image_size, image_size) in [0, 1]. Without a
 condition it upscales low-resolution versions of training images it keeps (`bank_size` of them, taken
-from the first training batch and saved in the checkpoint), so `zoo.sample --ckpt SR.ckpt` shows what the
+from the first training batches and saved in the checkpoint), so `zoo.sample --ckpt SR.ckpt` shows what the
 model does; an untrained model without a condition raises an error asking for one.
 
     python -m zoo.fit --model sr_diffusion                       # 16 -> 32 on shapes
@@ -155,7 +155,7 @@ class SRDiffusion(GenerativeModule):
         self.level_mlp = nn.Sequential(nn.Linear(base_channels, embed_dim), nn.SiLU())
         self.schedule = NoiseSchedule.make(schedule, num_train_timesteps)
         self.register_buffer("bank", torch.zeros(bank_size, in_channels, low_resolution, low_resolution))
-        self.register_buffer("bank_filled", torch.tensor(False))
+        self.register_buffer("bank_count", torch.zeros((), dtype=torch.long))  # slots filled so far
         self.last_sampling: dict[str, Any] = {}
 
     @staticmethod
@@ -211,7 +211,7 @@ class SRDiffusion(GenerativeModule):
         return loss, level
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if not bool(self.bank_filled):
+        if int(self.bank_count) < len(self.bank):
             self._fill_bank(batch["image"])
         loss, level = self._loss(batch)
         n = len(batch["image"])
@@ -226,11 +226,13 @@ class SRDiffusion(GenerativeModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
 
     def _fill_bank(self, images: torch.Tensor) -> None:
-        """Keep low-resolution versions of the first training images (in [0, 1]) for `generate(n)`."""
-        low = (downsample(images.detach(), self.hparams.low_resolution) + 1) / 2
-        index = torch.arange(len(self.bank), device=low.device) % len(low)
-        self.bank.copy_(low[index].clamp(0, 1))
-        self.bank_filled.fill_(True)
+        """Keep low-resolution versions of the first `bank_size` training images (in [0, 1]) for `generate(n)`,
+        batch after batch until the bank is full."""
+        start = int(self.bank_count)
+        take = min(len(self.bank) - start, len(images))
+        low = (downsample(images[:take].detach(), self.hparams.low_resolution) + 1) / 2
+        self.bank[start : start + take] = low.clamp(0, 1)
+        self.bank_count.fill_(start + take)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -243,13 +245,13 @@ class SRDiffusion(GenerativeModule):
         hp = self.hparams
         shape = (hp.in_channels, hp.low_resolution, hp.low_resolution)
         if condition is None:
-            if not bool(self.bank_filled):
+            if int(self.bank_count) == 0:
                 raise ValueError(
                     "no low-resolution image to upscale: pass condition= (n, C, h, w) in [0, 1] (zoo.sample: "
                     "--init-image LOW.png, or use this model as a --cascade stage); an untrained model keeps none"
                 )
             draw_device = generator.device if generator is not None else self.bank.device
-            index = torch.randint(0, len(self.bank), (n,), generator=generator, device=draw_device)
+            index = torch.randint(0, int(self.bank_count), (n,), generator=generator, device=draw_device)
             condition = self.bank[index.to(self.bank.device)]
         if not torch.is_tensor(condition) or not condition.is_floating_point():
             raise ValueError(
@@ -322,8 +324,8 @@ class SRDiffusion(GenerativeModule):
         if batch is not None:
             truth = (batch["image"][:n].to(self.device) + 1) / 2
             low = downsample(truth, hp.low_resolution)
-        elif bool(self.bank_filled):
-            low, truth = self.bank[:n], None
+        elif int(self.bank_count) > 0:
+            low, truth = self.bank[: min(n, int(self.bank_count))], None
         else:
             return {}
         shown = {

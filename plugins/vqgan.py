@@ -13,7 +13,7 @@ tokenizer fits.
   initialisation on the first batch, dead-code restart, straight-through gradients, commitment
   beta ||z - sg(e)||^2 on the encoder output; optionally factorised (`codebook_dim`) and l2-normalised
   (`cosine`) codes.
-- Loss (`zoo.autoencoding`): L1 reconstruction + perceptual distance + commitment, and after
+- Loss (`zoo.autoencoding`): reconstruction (L1 by default) + perceptual distance + commitment, and after
   `discriminator_start` batches a PatchGAN's hinge loss scaled by taming's adaptive weight. The
   perceptual network defaults to zoo's trained classifier of the data (LPIPS' VGG cannot be downloaded
   here; `--model.perceptual_network lpips --model.perceptual_weights VGG16.pth` uses the real one).

@@ -30,7 +30,7 @@ TINY_SR = [
     "--model.low_resolution", "8",
     "--model.base_channels", "16",
     "--model.channel_mults", "[1, 2]",
-    "--model.bank_size", "8",
+    "--model.bank_size", "24",  # more than a batch: filled over two
     "--model.lr", "0.002",
     "--model.warmup_steps", "10",
     "--model.sampling_steps", "3",
@@ -200,6 +200,7 @@ def test_learns_through_the_cli_and_keeps_examples_for_unconditional_sampling(tm
     before, after = (held_out_x0_error(m, held_out, 500) for m in (untrained, trained))
     assert after < 0.5 * before, (before, after)
 
-    assert bool(trained.bank_filled)
+    assert int(trained.bank_count) == len(trained.bank)
+    assert len(torch.unique(trained.bank.flatten(1), dim=0)) == len(trained.bank)  # distinct scenes, none repeated
     out = trained.generate(3, generator=torch.Generator().manual_seed(0))  # from its kept low-res examples
     assert out.shape == (3, 3, 16, 16)

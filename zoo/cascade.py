@@ -112,7 +112,8 @@ class Cascade:
         """`n` images of the last stage's size in [0, 1]: the base's (with `condition` and `options`), then
         each stage's upscaling of its predecessor's (with `stage_options`), all from one generator."""
         images = self.base.generate(n, condition=condition, generator=generator, **options)
-        self.record = [{"stage": self.base_name, "family": _family(self.base), "size": int(images.shape[-1])}]
+        base = {"stage": self.base_name, "family": _family(self.base), "size": int(images.shape[-1])}
+        self.record = [base | dict(getattr(self.base, "last_sampling", {}) or {})]  # an upscaler as base too
         previous = self.base_name
         for name, stage in self.stages:
             check_chain(previous, (int(images.shape[1]), int(images.shape[-1])), name, stage)

@@ -259,6 +259,16 @@ class CaptionConditioned:
             raise ValueError(f"got {len(prompts)} prompts for {n} samples")
         return prompts
 
+    def previews(
+        self, batch: dict[str, Any] | None, *, n: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Samples for fixed prompts (the distinct validation captions, in order), one per prompt."""
+        prompts = self._preview_prompts or ([] if batch is None else sorted(set(batch.get("caption", []))))
+        if not prompts:
+            return {"samples": self.generate(n, generator=generator)}
+        prompts = [prompts[i % len(prompts)] for i in range(n)]
+        return {"samples": self.generate(n, condition=prompts, generator=generator)}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.tokenizer is not None:
