@@ -66,7 +66,9 @@ def main() -> None:
         if args.attend_excite_scale is not None:
             sampling |= {"attend_excite": True, "attend_excite_scale": args.attend_excite_scale}
         print(f"\n## sampling {sampling or 'defaults'}")
-        measure(model, sampling, args, Path(args.out) / f"steps{steps or own.get('sampling_steps', 'default')}")
+        measure(
+            model, sampling, args, Path(args.out) / f"steps{steps or own.get('sampling_steps', 'default')}"
+        )
 
 
 def ldm_hparams(model: torch.nn.Module) -> dict:

@@ -201,6 +201,7 @@ def test_learns_through_the_cli_and_keeps_examples_for_unconditional_sampling(tm
     assert after < 0.5 * before, (before, after)
 
     assert int(trained.bank_count) == len(trained.bank)
-    assert len(torch.unique(trained.bank.flatten(1), dim=0)) == len(trained.bank)  # distinct scenes, none repeated
+    # distinct scenes, none repeated
+    assert len(torch.unique(trained.bank.flatten(1), dim=0)) == len(trained.bank)
     out = trained.generate(3, generator=torch.Generator().manual_seed(0))  # from its kept low-res examples
     assert out.shape == (3, 3, 16, 16)
